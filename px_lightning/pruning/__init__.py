@@ -1,0 +1,122 @@
+"""The algorithm layer: pure PyTorch, no Lightning. Works on any ``nn.Module``.
+
+Example:
+    >>> masks = find_masks(model, "magnitude", batches, density=0.05)
+    >>> apply_masks(model, masks)
+    >>> sparsity_report(model)["density"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .masks import apply_masks, get_masks, remove_masks, sparsity_report, warn_collapsed
+from .schedule import density_schedule, threshold_masks
+from .scorers import Scorer, get_scorer
+from .targets import prunable_parameters
+
+
+def _effective_weights(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
+    # getattr on a parametrized module gives the masked value; detach so nothing reaches the caller's graph.
+    out = {}
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        out[name] = getattr(module, attr).detach().clone()
+    return out
+
+
+def _start_masks(model: nn.Module, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    existing = get_masks(model)
+    return {n: existing.get(n, torch.ones_like(w, dtype=torch.bool)).to(w.device) for n, w in weights.items()}
+
+
+def _check_scores(scores: dict[str, Tensor], method: str) -> None:
+    for n, s in scores.items():
+        if not torch.isfinite(s).all():
+            raise ValueError(f"{method} produced NaN or infinite scores for {n!r}; check the model and data")
+
+
+def compute_scores(
+    model: nn.Module,
+    method: str | Scorer,
+    batches: Iterable = (),
+    loss_fn: nn.Module | None = None,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    **options,
+) -> dict[str, Tensor]:
+    """One scoring pass of ``method``: ``{param_name: Tensor}`` with the weights' shapes.
+
+    The model is left as it was; on a masked model the scores see the masked network.
+
+    Example:
+        >>> scores = compute_scores(model, "magnitude")
+    """
+    scorer = get_scorer(method, **options)
+    targets = prunable_parameters(model, include, exclude)
+    weights = _effective_weights(model, list(targets))
+    masks = _start_masks(model, weights)
+    scores = scorer.score(model, weights, masks, batches, loss_fn)
+    _check_scores(scores, scorer.name)
+    return scores
+
+
+def find_masks(
+    model: nn.Module,
+    method: str | Scorer,
+    batches: Iterable = (),
+    density: float = 0.018,
+    rounds: int | None = None,
+    scope: str = "global",
+    schedule: str = "exponential",
+    loss_fn: nn.Module | None = None,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    **options,
+) -> dict[str, Tensor]:
+    """Iteratively prune to ``density``: each round scores the masked network and thresholds.
+
+    ``rounds`` defaults to 1 for one-shot methods and 100 otherwise. Continues from masks already on
+    the model. Returns ``{param_name: bool Tensor}``; the model is left untouched.
+
+    Example:
+        >>> masks = find_masks(model, "random", density=0.1, seed=0)
+    """
+    if not isinstance(density, (int, float)) or isinstance(density, bool) or not (0 < density <= 1):
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    scorer = get_scorer(method, **options)
+    if rounds is None:
+        rounds = 1 if scorer.one_shot else 100
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    targets = prunable_parameters(model, include, exclude)
+    weights = _effective_weights(model, list(targets))
+    masks = _start_masks(model, weights)
+    for round_density in density_schedule(density, rounds, schedule):
+        scores = scorer.score(model, weights, masks, batches, loss_fn)
+        _check_scores(scores, scorer.name)
+        if all(not bool(s.any()) for s in scores.values()):
+            raise RuntimeError(f"{scorer.name} scores are all zero: every weight would be pruned")
+        masks = threshold_masks(scores, round_density, scope)
+    warn_collapsed(masks, scorer.name)
+    return masks
+
+
+__all__ = [
+    "Scorer",
+    "apply_masks",
+    "compute_scores",
+    "density_schedule",
+    "find_masks",
+    "get_masks",
+    "prunable_parameters",
+    "remove_masks",
+    "sparsity_report",
+    "threshold_masks",
+]

@@ -1,0 +1,113 @@
+"""The mask parametrization: install, read, remove, report.
+
+A mask is a boolean buffer inside a ``torch.nn.utils.parametrize`` parametrization, so the effective
+weight is ``original * mask`` in every forward pass, gradients of pruned entries are zero, and the
+mask is part of the ``state_dict`` (``layer.parametrizations.weight.0.mask``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+
+class WeightMask(nn.Module):
+    """Parametrization multiplying a tensor by a fixed boolean mask (kept in the ``state_dict``)."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask.to(weight.dtype)
+
+
+def _module_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError as err:
+        raise KeyError(f"masks name {name!r}, which is not a tensor of {type(model).__name__}") from err
+    if not (hasattr(module, attr) and isinstance(getattr(module, attr), Tensor)):
+        raise KeyError(f"masks name {name!r}, which is not a tensor of {type(model).__name__}")
+    return module, attr
+
+
+def _mask_of(module: nn.Module, attr: str) -> WeightMask | None:
+    if not parametrize.is_parametrized(module, attr):
+        return None
+    for p in module.parametrizations[attr]:
+        if isinstance(p, WeightMask):
+            return p
+    return None
+
+
+def get_masks(model: nn.Module) -> dict[str, Tensor]:
+    """The boolean masks installed on ``model``, by plain parameter name (copies)."""
+    masks = {}
+    for module_name, module in model.named_modules():
+        for attr in getattr(module, "parametrizations", {}):
+            found = _mask_of(module, attr)
+            if found is not None:
+                masks[f"{module_name}.{attr}" if module_name else attr] = found.mask.clone()
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
+    """Install ``masks`` as parametrizations; a tensor that already has one gets its mask updated in place.
+
+    Example:
+        >>> apply_masks(model, {"fc.weight": torch.ones(10, 32, dtype=torch.bool)})
+    """
+    for name, mask in masks.items():
+        module, attr = _module_and_attr(model, name)
+        shape = getattr(module, attr).shape
+        if tuple(mask.shape) != tuple(shape):
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the tensor has {tuple(shape)}")
+        existing = _mask_of(module, attr)
+        if existing is not None:
+            existing.mask.copy_(mask.to(existing.mask.device, torch.bool))
+        else:
+            device = getattr(module, attr).device
+            parametrize.register_parametrization(module, attr, WeightMask(mask.to(device)))
+    return model
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Remove every mask parametrization, leaving pruned weights at exactly zero (same Parameter objects)."""
+    for module in list(model.modules()):
+        for attr in list(getattr(module, "parametrizations", {}) or {}):
+            if _mask_of(module, attr) is not None:
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    return model
+
+
+def sparsity_report(model: nn.Module) -> dict:
+    """Per-layer and total kept/total counts of the masked tensors.
+
+    Returns ``{"layers": {name: {"kept", "total", "density", "collapsed"}}, "kept", "total", "density"}``;
+    a layer with no weight kept is flagged ``collapsed``.
+
+    Example:
+        >>> report = sparsity_report(model); report["density"]
+    """
+    layers = {}
+    for name, mask in get_masks(model).items():
+        kept, total = int(mask.sum()), mask.numel()
+        layers[name] = {"kept": kept, "total": total, "density": kept / total, "collapsed": kept == 0}
+    kept = sum(v["kept"] for v in layers.values())
+    total = sum(v["total"] for v in layers.values())
+    return {"layers": layers, "kept": kept, "total": total, "density": kept / total if total else 1.0}
+
+
+def warn_collapsed(masks: dict[str, Tensor], method: str) -> list[str]:
+    """Warn, naming them, about layers whose mask keeps nothing (layer collapse); return their names."""
+    collapsed = [n for n, m in masks.items() if not bool(m.any())]
+    if collapsed:
+        warnings.warn(
+            f"{method} pruned these layers entirely (layer collapse): {', '.join(collapsed)}", stacklevel=3
+        )
+    return collapsed

@@ -1,0 +1,109 @@
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from px_lightning.pruning import (
+    apply_masks,
+    compute_scores,
+    density_schedule,
+    find_masks,
+    remove_masks,
+    sparsity_report,
+    threshold_masks,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
+import models as conformance_models
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return conformance_models.build("small_cnn")
+
+
+def test_apply_and_remove_keep_pruned_weights_exactly_zero():
+    model = small_cnn()
+    masks = find_masks(model, "magnitude", density=0.3)
+    param_ids = {id(p) for p in model.parameters()}
+    apply_masks(model, masks)
+    assert abs(sparsity_report(model)["density"] - 0.3) < 1e-3
+    # gradient of a pruned weight is zero through the parametrization
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    grad = model.conv1.parametrizations.weight.original.grad
+    assert torch.all(grad[~masks["conv1.weight"]] == 0)
+    remove_masks(model)
+    assert {id(p) for p in model.parameters()} == param_ids
+    for name, mask in masks.items():
+        weight = model.get_parameter(name)
+        assert torch.all(weight[~mask] == 0) and torch.all(weight[mask] != 0)
+
+
+def test_magnitude_keeps_largest_and_model_untouched():
+    model = small_cnn()
+    before = copy.deepcopy(model.state_dict())
+    masks = find_masks(model, "magnitude", density=0.1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    kept = torch.cat([model.get_parameter(n).abs()[m] for n, m in masks.items()])
+    pruned = torch.cat([model.get_parameter(n).abs()[~m] for n, m in masks.items()])
+    assert kept.min() > pruned.max()
+
+
+def test_threshold_global_and_local():
+    scores = {"a": torch.arange(10.0), "b": torch.arange(10.0, 20.0)}
+    g = threshold_masks(scores, 0.25, "global")
+    assert g["a"].sum() == 0 and g["b"].sum() == 5  # k = 15, keep the 5 scores > 14
+    loc = threshold_masks(scores, 0.5, "local")
+    assert loc["a"].tolist() == [False] * 5 + [True] * 5
+
+
+def test_exponential_schedule_reaches_density():
+    s = density_schedule(0.018, 100)
+    assert s[-1] == pytest.approx(0.018) and s[0] == pytest.approx(0.018 ** 0.01)
+
+
+def test_random_iterative_continues_from_existing_masks():
+    model = small_cnn()
+    first = find_masks(model, "random", density=0.5, seed=1)
+    apply_masks(model, first)
+    second = find_masks(model, "random", density=0.1, seed=2)
+    for n in first:
+        assert not torch.any(second[n] & ~first[n])  # pruned weights never come back
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"density": 0.0}, "density"),
+        ({"density": 1.5}, "density"),
+        ({"density": 0.5, "rounds": 0}, "rounds"),
+        ({"density": 0.5, "include": ["nothing_here"]}, "include"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        find_masks(small_cnn(), "magnitude", **kwargs)
+
+
+def test_unknown_method_lists_known():
+    with pytest.raises(ValueError, match="magnitude"):
+        compute_scores(small_cnn(), "nope")
+
+
+def test_model_without_prunable_tensor():
+    with pytest.raises(ValueError, match="no prunable"):
+        compute_scores(nn.Sequential(nn.ReLU()), "magnitude")
+
+
+def test_collapse_is_warned_and_reported():
+    model = small_cnn()
+    with torch.no_grad():
+        model.hidden.weight.mul_(1e-6)
+    with pytest.warns(UserWarning, match="hidden.weight"):
+        masks = find_masks(model, "magnitude", density=0.05)
+    apply_masks(model, masks)
+    assert sparsity_report(model)["layers"]["hidden.weight"]["collapsed"]
