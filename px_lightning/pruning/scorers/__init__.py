@@ -5,8 +5,13 @@ from __future__ import annotations
 from .base import Scorer
 from .magnitude import MagnitudeScorer
 from .random import RandomScorer
+from .synflow import SynFlowScorer
 
-SCORERS: dict[str, type[Scorer]] = {"magnitude": MagnitudeScorer, "random": RandomScorer}
+SCORERS: dict[str, type[Scorer]] = {
+    "magnitude": MagnitudeScorer,
+    "random": RandomScorer,
+    "synflow": SynFlowScorer,
+}
 
 
 def get_scorer(method: str | Scorer, **options) -> Scorer:
@@ -20,4 +25,4 @@ def get_scorer(method: str | Scorer, **options) -> Scorer:
     return SCORERS[method.lower()](**options)
 
 
-__all__ = ["SCORERS", "MagnitudeScorer", "RandomScorer", "Scorer", "get_scorer"]
+__all__ = ["SCORERS", "MagnitudeScorer", "RandomScorer", "Scorer", "SynFlowScorer", "get_scorer"]
