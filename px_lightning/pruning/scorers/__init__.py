@@ -5,11 +5,13 @@ from __future__ import annotations
 from .base import Scorer
 from .magnitude import MagnitudeScorer
 from .random import RandomScorer
+from .snip import SNIPScorer
 from .synflow import SynFlowScorer
 
 SCORERS: dict[str, type[Scorer]] = {
     "magnitude": MagnitudeScorer,
     "random": RandomScorer,
+    "snip": SNIPScorer,
     "synflow": SynFlowScorer,
 }
 
@@ -25,4 +27,4 @@ def get_scorer(method: str | Scorer, **options) -> Scorer:
     return SCORERS[method.lower()](**options)
 
 
-__all__ = ["SCORERS", "MagnitudeScorer", "RandomScorer", "Scorer", "SynFlowScorer", "get_scorer"]
+__all__ = ["SCORERS", "MagnitudeScorer", "RandomScorer", "SNIPScorer", "Scorer", "SynFlowScorer", "get_scorer"]
