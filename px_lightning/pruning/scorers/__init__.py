@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from .base import Scorer
+from .grasp import GraSPScorer
 from .magnitude import MagnitudeScorer
 from .random import RandomScorer
 from .snip import SNIPScorer
 from .synflow import SynFlowScorer
 
 SCORERS: dict[str, type[Scorer]] = {
+    "grasp": GraSPScorer,
     "magnitude": MagnitudeScorer,
     "random": RandomScorer,
     "snip": SNIPScorer,
@@ -27,4 +29,4 @@ def get_scorer(method: str | Scorer, **options) -> Scorer:
     return SCORERS[method.lower()](**options)
 
 
-__all__ = ["SCORERS", "MagnitudeScorer", "RandomScorer", "SNIPScorer", "Scorer", "SynFlowScorer", "get_scorer"]
+__all__ = ["SCORERS", "GraSPScorer", "MagnitudeScorer", "RandomScorer", "SNIPScorer", "Scorer", "SynFlowScorer", "get_scorer"]

@@ -1,0 +1,58 @@
+"""GraSP (Wang et al., 2020): gradient-signal preservation, ``w * (H g)``, as the published code computes it.
+
+A working copy in ``train()`` mode, logits divided by a temperature of 200; ``g`` is the loss gradient
+summed over the batches (no graph), then ``d/dw (g_batch . g)`` summed over the batches; scores
+``w * that`` divided by ``|sum(scores)| + 1e-10``. Scores are signed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from .base import Scorer
+from .snip import split_batch
+
+
+class GraSPScorer(Scorer):
+    name = "grasp"
+    one_shot = True
+
+    def __init__(self, temperature: float = 200.0) -> None:
+        self.temperature = temperature
+
+    def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
+        loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+        net = copy.deepcopy(model).train()
+        names = list(weights)
+        ref = weights[names[0]]
+        leaves = {n: weights[n].clone().requires_grad_(True) for n in names}
+        batches = list(batches)
+        if not batches:
+            raise ValueError("batches is empty: GraSP needs at least one (inputs, targets) batch")
+
+        def batch_grads(batch, create_graph: bool):
+            x, y = split_batch(batch)
+            if y is None:
+                raise ValueError("batches must hold (inputs, targets) pairs: GraSP needs targets for its loss")
+            x = x.to(ref.device, ref.dtype if x.is_floating_point() else x.dtype)
+            substituted = {n: leaves[n] * masks[n] for n in names}
+            out = torch.func.functional_call(net, substituted, (x,), strict=False) / self.temperature
+            loss = loss_fn(out, y.to(ref.device))
+            return torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=create_graph)
+
+        stopped = [torch.zeros_like(leaves[n]) for n in names]
+        for batch in batches:
+            for acc, g in zip(stopped, batch_grads(batch, False)):
+                acc += g
+        hg = [torch.zeros_like(leaves[n]) for n in names]
+        for batch in batches:
+            grads = batch_grads(batch, True)
+            z = sum((g * s).sum() for g, s in zip(grads, stopped))
+            for acc, h in zip(hg, torch.autograd.grad(z, [leaves[n] for n in names])):
+                acc += h
+        scores = {n: (h * leaves[n]).detach() for n, h in zip(names, hg)}
+        norm = torch.abs(sum(s.sum() for s in scores.values())) + 1e-10
+        return {n: s / norm for n, s in scores.items()}
