@@ -102,7 +102,11 @@ def find_masks(
         scores = scorer.score(model, weights, masks, batches, loss_fn)
         _check_scores(scores, scorer.name)
         if all(not bool(s.any()) for s in scores.values()):
-            raise RuntimeError(f"{scorer.name} scores are all zero: every weight would be pruned")
+            raise RuntimeError(
+                f"{scorer.name} scores are all zero, so every weight would be pruned; with PX this is what "
+                "kernel_norm='train' gives on BatchNorm networks (float round-off): use kernel_norm='eval', "
+                "or check that the scoring data is not all zeros"
+            )
         masks = threshold_masks(scores, round_density, scope)
     warn_collapsed(masks, scorer.name)
     return masks

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import Scorer
 from .grasp import GraSPScorer
 from .magnitude import MagnitudeScorer
+from .px import PXScorer
 from .random import RandomScorer
 from .snip import SNIPScorer
 from .synflow import SynFlowScorer
@@ -12,6 +13,7 @@ from .synflow import SynFlowScorer
 SCORERS: dict[str, type[Scorer]] = {
     "grasp": GraSPScorer,
     "magnitude": MagnitudeScorer,
+    "px": PXScorer,
     "random": RandomScorer,
     "snip": SNIPScorer,
     "synflow": SynFlowScorer,
@@ -29,4 +31,4 @@ def get_scorer(method: str | Scorer, **options) -> Scorer:
     return SCORERS[method.lower()](**options)
 
 
-__all__ = ["SCORERS", "GraSPScorer", "MagnitudeScorer", "RandomScorer", "SNIPScorer", "Scorer", "SynFlowScorer", "get_scorer"]
+__all__ = ["SCORERS", "GraSPScorer", "MagnitudeScorer", "PXScorer", "RandomScorer", "SNIPScorer", "Scorer", "SynFlowScorer", "get_scorer"]

@@ -1,0 +1,162 @@
+"""PX (Path eXclusion; Iurada, Ciccone, Tommasi, CVPR 2024), as in ``shared/conformance/README.md``.
+
+One pass: (1) an activation copy in ``eval()`` mode records every activation's gate ``pre > 0`` on ``x``;
+(2) a data-path copy in ``train()`` mode, kept weights and biases of the path layers set to 1, runs on
+``x ** 2`` with each activation replaced by its recorded gate: output ``z1``; (3) a kernel copy with
+squared weights and biases, activations as the identity, runs on all-ones: output ``z2``;
+``score = |d(z1 . z2)/d(w^2)| * w^2``. The head (last prunable layer) keeps its real weights in (2) and (3).
+
+``kernel_norm="eval"`` (default) runs the kernel copy's normalisation layers in ``eval()`` mode: a linear
+path network, well-posed. ``"train"`` is the published code, whose kernel scores are float round-off when
+BatchNorm precedes global pooling. ``z2`` does not depend on the data, so it is computed once per input
+shape and round. Activations other than ReLU (GELU, SiLU, ...) are treated as ReLU. Dropout is off in
+every copy, so scores are deterministic.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ..targets import PRUNABLE_TYPES
+from .base import Scorer
+from .snip import split_batch
+
+_ACTIVATIONS = {
+    F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_, F.relu6, F.leaky_relu, F.elu,
+    F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardtanh, F.softplus,
+}
+_INPLACE = {F.relu_, torch.relu_, Tensor.relu_}
+
+
+def _is_inplace(func, args, kwargs) -> bool:
+    return func in _INPLACE or bool(kwargs.get("inplace")) or any(a is True for a in args[1:])
+
+
+class _GateMode(TorchFunctionMode):
+    """Records activation gates (``gates is None`` → new list), replays them, or makes activations identity."""
+
+    def __init__(self, action: str, gates: list[Tensor] | None = None) -> None:
+        super().__init__()
+        self.action, self.gates, self.index = action, ([] if gates is None else gates), 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in _ACTIVATIONS:
+            return func(*args, **kwargs)
+        x = args[0]
+        if self.action == "record":
+            self.gates.append(x > 0)
+            return func(*args, **kwargs)
+        if self.action == "identity":
+            return x
+        if self.index >= len(self.gates):
+            raise RuntimeError("PX: the data-path pass called more activations than the activation pass")
+        gate = self.gates[self.index]
+        self.index += 1
+        return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
+
+
+def model_output(out) -> Tensor:
+    """The prediction tensor of a model output: a tensor, ``.logits``, ``["out"]`` or the first of a tuple."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, dict) and "out" in out:
+        return out["out"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"cannot find the prediction tensor in a model output of type {type(out).__name__}")
+
+
+def _set_modes(net: nn.Module, norm_train: bool) -> None:
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            m.train(norm_train)
+        elif isinstance(m, nn.modules.dropout._DropoutNd | nn.Dropout):
+            m.eval()
+
+
+class PXScorer(Scorer):
+    name = "px"
+    one_shot = False
+
+    def __init__(self, kernel_norm: str = "eval") -> None:
+        if kernel_norm not in ("eval", "train"):
+            raise ValueError(f"kernel_norm must be 'eval' or 'train', got {kernel_norm!r}")
+        self.kernel_norm = kernel_norm
+
+    def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
+        net = copy.deepcopy(model)
+        layers = [(n, m) for n, m in net.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+        head = layers[-1][0]
+        has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        if self.kernel_norm == "train" and has_norm:
+            warnings.warn(
+                "PX kernel_norm='train' (the published code) on a model with BatchNorm: scores of the weights "
+                "before the last normalisation are float round-off; use kernel_norm='eval'", stacklevel=4
+            )
+        ref = next(iter(weights.values()))
+        real = {f"{n}.weight": m.weight.detach() for n, m in layers}
+        real.update({n: weights[n] * masks[n] for n in weights})
+        biases = {f"{n}.bias": m.bias.detach() for n, m in layers if getattr(m, "bias", None) is not None}
+        buffers = dict(net.named_buffers())
+
+        def fresh_buffers():  # train-mode BatchNorm updates statistics: give it throwaway copies
+            return {k: v.clone() for k, v in buffers.items()}
+
+        data_path = {}
+        for n, _ in layers:
+            w, b = f"{n}.weight", f"{n}.bias"
+            if n == head:
+                data_path[w] = real[w]
+                continue
+            data_path[w] = masks[w].to(ref.dtype) if w in masks else torch.ones_like(real[w])
+            if b in biases:
+                data_path[b] = torch.ones_like(biases[b])
+
+        z1_sums: dict[tuple, Tensor] = {}
+        with torch.no_grad():
+            for batch in batches:
+                x, _ = split_batch(batch)
+                x = x.to(ref.device, ref.dtype)
+                net.eval()
+                with _GateMode("record") as recorder:
+                    torch.func.functional_call(net, real, (x,), strict=False)
+                _set_modes(net, norm_train=True)
+                with _GateMode("replay", recorder.gates):
+                    out = torch.func.functional_call(net, {**data_path, **fresh_buffers()}, (x**2,), strict=False)
+                z1 = model_output(out).sum(0)
+                key = tuple(x.shape[1:])
+                z1_sums[key] = z1_sums[key] + z1 if key in z1_sums else z1
+        if not z1_sums:
+            raise ValueError("batches is empty: PX needs at least one batch of inputs")
+
+        leaves = {}
+        kernel = {}
+        for n, _ in layers:
+            w, b = f"{n}.weight", f"{n}.bias"
+            value = real[w] if n == head else real[w] ** 2
+            if w in masks:
+                leaves[w] = value.clone().requires_grad_(True)
+                kernel[w] = leaves[w] * masks[w]
+            else:
+                kernel[w] = value
+            if b in biases:
+                kernel[b] = biases[b] if n == head else biases[b] ** 2
+        _set_modes(net, norm_train=self.kernel_norm == "train")
+        total = 0
+        for shape, z1 in z1_sums.items():
+            ones = torch.ones((1, *shape), dtype=ref.dtype, device=ref.device)
+            with _GateMode("identity"):
+                out = torch.func.functional_call(net, {**kernel, **fresh_buffers()}, (ones,), strict=False)
+            total = total + (z1 * model_output(out)[0]).sum()
+        total.backward()
+        return {n: leaves[n].grad.abs() * weights[n] ** 2 for n in weights}
