@@ -18,7 +18,9 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method, key", [("synflow", "SynFlow"), ("magnitude", "Mag"), ("snip", "SNIP"), ("grasp", "GraSP")])
+@pytest.mark.parametrize(
+    "method, key", [("synflow", "SynFlow"), ("magnitude", "Mag"), ("snip", "SNIP"), ("grasp", "GraSP")]
+)
 def test_baseline_scores_match_published(method, key, dtype):
     model = conformance_models.build(FIXTURE["model"])
     model.load_state_dict(FIXTURE["state_dict"])

@@ -63,7 +63,7 @@ def test_threshold_global_and_local():
 
 def test_exponential_schedule_reaches_density():
     s = density_schedule(0.018, 100)
-    assert s[-1] == pytest.approx(0.018) and s[0] == pytest.approx(0.018 ** 0.01)
+    assert s[-1] == pytest.approx(0.018) and s[0] == pytest.approx(0.018**0.01)
 
 
 def test_random_iterative_continues_from_existing_masks():

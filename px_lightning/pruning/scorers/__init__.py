@@ -31,4 +31,14 @@ def get_scorer(method: str | Scorer, **options) -> Scorer:
     return SCORERS[method.lower()](**options)
 
 
-__all__ = ["SCORERS", "GraSPScorer", "MagnitudeScorer", "PXScorer", "RandomScorer", "SNIPScorer", "Scorer", "SynFlowScorer", "get_scorer"]
+__all__ = [
+    "SCORERS",
+    "GraSPScorer",
+    "MagnitudeScorer",
+    "PXScorer",
+    "RandomScorer",
+    "SNIPScorer",
+    "Scorer",
+    "SynFlowScorer",
+    "get_scorer",
+]

@@ -7,11 +7,10 @@ summed over the batches (no graph), then ``d/dw (g_batch . g)`` summed over the 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
+from ..masks import plain_copy
 from .base import Scorer
 from .snip import split_batch
 
@@ -25,7 +24,7 @@ class GraSPScorer(Scorer):
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-        net = copy.deepcopy(model).train()
+        net = plain_copy(model).train()
         names = list(weights)
         ref = weights[names[0]]
         leaves = {n: weights[n].clone().requires_grad_(True) for n in names}
@@ -36,7 +35,9 @@ class GraSPScorer(Scorer):
         def batch_grads(batch, create_graph: bool):
             x, y = split_batch(batch)
             if y is None:
-                raise ValueError("batches must hold (inputs, targets) pairs: GraSP needs targets for its loss")
+                raise ValueError(
+                    "batches must hold (inputs, targets) pairs: GraSP needs targets for its loss"
+                )
             x = x.to(ref.device, ref.dtype if x.is_floating_point() else x.dtype)
             substituted = {n: leaves[n] * masks[n] for n in names}
             out = torch.func.functional_call(net, substituted, (x,), strict=False) / self.temperature

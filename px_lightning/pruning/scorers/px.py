@@ -15,7 +15,6 @@ every copy, so scores are deterministic.
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
@@ -23,13 +22,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..masks import plain_copy
 from ..targets import PRUNABLE_TYPES
 from .base import Scorer
 from .snip import split_batch
 
 _ACTIVATIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_, F.relu6, F.leaky_relu, F.elu,
-    F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardtanh, F.softplus,
+    F.relu,
+    F.relu_,
+    torch.relu,
+    torch.relu_,
+    Tensor.relu,
+    Tensor.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardtanh,
+    F.softplus,
 }
 _INPLACE = {F.relu_, torch.relu_, Tensor.relu_}
 
@@ -94,14 +109,15 @@ class PXScorer(Scorer):
         self.kernel_norm = kernel_norm
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
-        net = copy.deepcopy(model)
+        net = plain_copy(model)
         layers = [(n, m) for n, m in net.named_modules() if isinstance(m, PRUNABLE_TYPES)]
         head = layers[-1][0]
         has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         if self.kernel_norm == "train" and has_norm:
             warnings.warn(
                 "PX kernel_norm='train' (the published code) on a model with BatchNorm: scores of the weights "
-                "before the last normalisation are float round-off; use kernel_norm='eval'", stacklevel=4
+                "before the last normalisation are float round-off; use kernel_norm='eval'",
+                stacklevel=4,
             )
         ref = next(iter(weights.values()))
         real = {f"{n}.weight": m.weight.detach() for n, m in layers}
@@ -132,7 +148,9 @@ class PXScorer(Scorer):
                     torch.func.functional_call(net, real, (x,), strict=False)
                 _set_modes(net, norm_train=True)
                 with _GateMode("replay", recorder.gates):
-                    out = torch.func.functional_call(net, {**data_path, **fresh_buffers()}, (x**2,), strict=False)
+                    out = torch.func.functional_call(
+                        net, {**data_path, **fresh_buffers()}, (x**2,), strict=False
+                    )
                 z1 = model_output(out).sum(0)
                 key = tuple(x.shape[1:])
                 z1_sums[key] = z1_sums[key] + z1 if key in z1_sums else z1

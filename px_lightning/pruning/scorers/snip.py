@@ -6,11 +6,10 @@ normalised to sum to 1. With the effective weight ``m * w``, ``dL/dm = dL/dw_eff
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
+from ..masks import plain_copy
 from .base import Scorer
 
 
@@ -27,7 +26,7 @@ class SNIPScorer(Scorer):
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-        net = copy.deepcopy(model).train()
+        net = plain_copy(model).train()
         ref = next(iter(weights.values()))
         gates = {n: masks[n].to(w.dtype).requires_grad_(True) for n, w in weights.items()}
         seen = 0

@@ -6,11 +6,10 @@ value, an all-ones input of batch 1 shaped like the first scoring batch, ``R = s
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 
+from ..masks import plain_copy
 from .base import Scorer
 
 
@@ -25,7 +24,7 @@ class SynFlowScorer(Scorer):
     one_shot = False
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
-        net = copy.deepcopy(model).eval()
+        net = plain_copy(model).eval()
         with torch.no_grad():
             for tensor in list(net.parameters()) + list(net.buffers()):
                 if tensor.is_floating_point():

@@ -1,0 +1,47 @@
+import copy
+
+import pytest
+import torch
+import torchvision
+
+from px_lightning.pruning import apply_masks, compute_scores, find_masks, get_masks, sparsity_report
+
+
+def snapshot(model):
+    return (
+        copy.deepcopy(model.state_dict()),
+        model.training,
+        {n: p.requires_grad for n, p in model.named_parameters()},
+    )
+
+
+@pytest.mark.parametrize("method", ["px", "snip", "synflow", "magnitude"])
+def test_torchvision_resnet18_masked_scoring_leaves_model_untouched(method):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))]
+    masks = find_masks(model, "px", batches, density=0.2, rounds=2)
+    apply_masks(model, masks)
+    model.train()
+    before = snapshot(model)
+    scores = compute_scores(model, method, batches)
+    after = snapshot(model)
+    assert before[1:] == after[1:]
+    for k, v in before[0].items():
+        assert torch.equal(v, after[0][k]), k
+    # scoring sees the masked network: a pruned weight scores zero (SNIP/SynFlow/PX multiply by the mask)
+    for name, mask in masks.items():
+        assert torch.all(scores[name][~mask] == 0), name
+    assert abs(sparsity_report(model)["density"] - 0.2) < 1e-4
+    assert set(get_masks(model)) == set(masks)
+
+
+def test_find_masks_continues_from_installed_masks_px():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    batches = [torch.randn(2, 3, 32, 32)]  # bare inputs are accepted
+    first = find_masks(model, "px", batches, density=0.5, rounds=1)
+    apply_masks(model, first)
+    second = find_masks(model, "px", batches, density=0.1, rounds=2)
+    for name in first:
+        assert not torch.any(second[name] & ~first[name]), name
