@@ -107,3 +107,17 @@ def test_collapse_is_warned_and_reported():
         masks = find_masks(model, "magnitude", density=0.05)
     apply_masks(model, masks)
     assert sparsity_report(model)["layers"]["hidden.weight"]["collapsed"]
+
+
+@pytest.mark.parametrize("method", ["px", "snip", "grasp", "synflow"])
+def test_empty_batches_are_refused(method):
+    with pytest.raises(ValueError, match="batches is empty"):
+        find_masks(small_cnn(), method, iter([]), density=0.5, rounds=2)
+
+
+def test_generator_batches_serve_every_round():
+    batches = ((torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])) for _ in range(2))
+    masks = find_masks(small_cnn(), "px", batches, density=0.2, rounds=3)
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert abs(kept / total - 0.2) < 0.01

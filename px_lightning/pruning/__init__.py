@@ -34,6 +34,14 @@ def _start_masks(model: nn.Module, weights: dict[str, Tensor]) -> dict[str, Tens
     return {n: existing.get(n, torch.ones_like(w, dtype=torch.bool)).to(w.device) for n, w in weights.items()}
 
 
+def _scoring_batches(batches: Iterable, scorer: Scorer) -> list:
+    # Read once, in order: every round sees the same batches even when a generator is given.
+    batches = list(batches)
+    if scorer.needs_data and not batches:
+        raise ValueError(f"batches is empty: {scorer.name} needs at least one batch of scoring data")
+    return batches
+
+
 def _check_scores(scores: dict[str, Tensor], method: str) -> None:
     for n, s in scores.items():
         if not torch.isfinite(s).all():
@@ -58,6 +66,7 @@ def compute_scores(
         >>> scores = compute_scores(model, "magnitude")
     """
     scorer = get_scorer(method, **options)
+    batches = _scoring_batches(batches, scorer)
     targets = prunable_parameters(model, include, exclude)
     weights = _effective_weights(model, list(targets))
     masks = _start_masks(model, weights)
@@ -91,6 +100,7 @@ def find_masks(
     if not isinstance(density, (int, float)) or isinstance(density, bool) or not (0 < density <= 1):
         raise ValueError(f"density must be in (0, 1], got {density!r}")
     scorer = get_scorer(method, **options)
+    batches = _scoring_batches(batches, scorer)
     if rounds is None:
         rounds = 1 if scorer.one_shot else 100
     if not isinstance(rounds, int) or rounds < 1:

@@ -17,6 +17,7 @@ class Scorer:
 
     name: str = "scorer"
     one_shot: bool = True
+    needs_data: bool = True
 
     def score(
         self,

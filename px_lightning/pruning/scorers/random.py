@@ -11,6 +11,7 @@ from .base import Scorer
 class RandomScorer(Scorer):
     name = "random"
     one_shot = True
+    needs_data = False
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
