@@ -45,3 +45,10 @@ def test_find_masks_continues_from_installed_masks_px():
     second = find_masks(model, "px", batches, density=0.1, rounds=2)
     for name in first:
         assert not torch.any(second[name] & ~first[name]), name
+
+
+def test_grasp_without_second_derivative_says_so():
+    # torch has no double backward for hardsigmoid (MobileNetV3's squeeze-excitation)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Hardsigmoid(), torch.nn.Linear(8, 3))
+    with pytest.raises(RuntimeError, match="GraSP needs second derivatives"):
+        compute_scores(model, "grasp", [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))])

@@ -52,7 +52,16 @@ class GraSPScorer(Scorer):
         for batch in batches:
             grads = batch_grads(batch, True)
             z = sum((g * s).sum() for g, s in zip(grads, stopped))
-            for acc, h in zip(hg, torch.autograd.grad(z, [leaves[n] for n in names])):
+            try:
+                second = torch.autograd.grad(z, [leaves[n] for n in names])
+            except RuntimeError as err:
+                if "derivative for" not in str(err):
+                    raise
+                raise RuntimeError(
+                    f"GraSP needs second derivatives, which torch does not provide for an operation of this "
+                    f"model ({err}); choose another method"
+                ) from err
+            for acc, h in zip(hg, second):
                 acc += h
         scores = {n: (h * leaves[n]).detach() for n, h in zip(names, hg)}
         norm = torch.abs(sum(s.sum() for s in scores.values())) + 1e-10
