@@ -52,3 +52,25 @@ def test_grasp_without_second_derivative_says_so():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Hardsigmoid(), torch.nn.Linear(8, 3))
     with pytest.raises(RuntimeError, match="GraSP needs second derivatives"):
         compute_scores(model, "grasp", [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))])
+
+
+class DictOutput(torch.nn.Module):
+    """A model whose forward returns a dict, as torchvision segmentation models do."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"out": self.net(x)}
+
+
+@pytest.mark.parametrize("method", ["px", "snip", "grasp", "synflow"])
+def test_dict_outputs_score_like_tensor_outputs(method):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    batches = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
+    plain = compute_scores(net, method, batches)
+    wrapped = compute_scores(DictOutput(net), method, batches)
+    for name, score in plain.items():
+        torch.testing.assert_close(wrapped[f"net.{name}"], score)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .masks import apply_masks, get_masks, remove_masks, sparsity_report, warn_collapsed
+from .masks import _module_and_attr, apply_masks, get_masks, remove_masks, sparsity_report, warn_collapsed
 from .schedule import density_schedule, threshold_masks
 from .scorers import Scorer, get_scorer
 from .targets import prunable_parameters
@@ -21,12 +21,7 @@ from .targets import prunable_parameters
 
 def _effective_weights(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
     # getattr on a parametrized module gives the masked value; detach so nothing reaches the caller's graph.
-    out = {}
-    for name in names:
-        module_name, _, attr = name.rpartition(".")
-        module = model.get_submodule(module_name) if module_name else model
-        out[name] = getattr(module, attr).detach().clone()
-    return out
+    return {name: getattr(*_module_and_attr(model, name)).detach().clone() for name in names}
 
 
 def _start_masks(model: nn.Module, weights: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -67,7 +67,9 @@ def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
         module, attr = _module_and_attr(model, name)
         shape = getattr(module, attr).shape
         if tuple(mask.shape) != tuple(shape):
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the tensor has {tuple(shape)}")
+            raise ValueError(
+                f"mask for {name!r} has shape {tuple(mask.shape)}, the tensor has {tuple(shape)}"
+            )
         existing = _mask_of(module, attr)
         if existing is not None:
             existing.mask.copy_(mask.to(existing.mask.device, torch.bool))

@@ -7,6 +7,38 @@ from collections.abc import Iterable
 from torch import Tensor, nn
 
 
+def batch_inputs(batch, like: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(inputs, targets)`` of a pair or a bare input tensor, on ``like``'s device, float inputs in its dtype."""
+    x, y = (
+        (batch[0], batch[1] if len(batch) > 1 else None)
+        if isinstance(batch, (tuple, list))
+        else (batch, None)
+    )
+    x = x.to(like.device, like.dtype if x.is_floating_point() else x.dtype)
+    return x, (None if y is None else y.to(like.device))
+
+
+def labelled_batch(batch, like: Tensor, method: str) -> tuple[Tensor, Tensor]:
+    """``batch_inputs`` for the methods that need targets for their loss."""
+    x, y = batch_inputs(batch, like)
+    if y is None:
+        raise ValueError(f"batches must hold (inputs, targets) pairs: {method} needs targets for its loss")
+    return x, y
+
+
+def model_output(out) -> Tensor:
+    """The prediction tensor of a model output: a tensor, ``.logits``, ``["out"]`` or the first of a tuple."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, dict) and "out" in out:
+        return out["out"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"cannot find the prediction tensor in a model output of type {type(out).__name__}")
+
+
 class Scorer:
     """Base class of scoring methods.
 

@@ -11,8 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..masks import plain_copy
-from .base import Scorer
-from .snip import split_batch
+from .base import Scorer, labelled_batch, model_output
 
 
 class GraSPScorer(Scorer):
@@ -28,20 +27,12 @@ class GraSPScorer(Scorer):
         names = list(weights)
         ref = weights[names[0]]
         leaves = {n: weights[n].clone().requires_grad_(True) for n in names}
-        batches = list(batches)
-        if not batches:
-            raise ValueError("batches is empty: GraSP needs at least one (inputs, targets) batch")
 
         def batch_grads(batch, create_graph: bool):
-            x, y = split_batch(batch)
-            if y is None:
-                raise ValueError(
-                    "batches must hold (inputs, targets) pairs: GraSP needs targets for its loss"
-                )
-            x = x.to(ref.device, ref.dtype if x.is_floating_point() else x.dtype)
+            x, y = labelled_batch(batch, ref, "GraSP")
             substituted = {n: leaves[n] * masks[n] for n in names}
-            out = torch.func.functional_call(net, substituted, (x,), strict=False) / self.temperature
-            loss = loss_fn(out, y.to(ref.device))
+            out = model_output(torch.func.functional_call(net, substituted, (x,), strict=False))
+            loss = loss_fn(out / self.temperature, y)
             return torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=create_graph)
 
         stopped = [torch.zeros_like(leaves[n]) for n in names]

@@ -24,8 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..masks import plain_copy
 from ..targets import PRUNABLE_TYPES
-from .base import Scorer
-from .snip import split_batch
+from .base import Scorer, batch_inputs, model_output
 
 _ACTIVATIONS = {
     F.relu,
@@ -75,19 +74,6 @@ class _GateMode(TorchFunctionMode):
         gate = self.gates[self.index]
         self.index += 1
         return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
-
-
-def model_output(out) -> Tensor:
-    """The prediction tensor of a model output: a tensor, ``.logits``, ``["out"]`` or the first of a tuple."""
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, dict) and "out" in out:
-        return out["out"]
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise TypeError(f"cannot find the prediction tensor in a model output of type {type(out).__name__}")
 
 
 def _set_modes(net: nn.Module, norm_train: bool) -> None:
@@ -141,8 +127,7 @@ class PXScorer(Scorer):
         z1_sums: dict[tuple, Tensor] = {}
         with torch.no_grad():
             for batch in batches:
-                x, _ = split_batch(batch)
-                x = x.to(ref.device, ref.dtype)
+                x, _ = batch_inputs(batch, ref)
                 net.eval()
                 with _GateMode("record") as recorder:
                     torch.func.functional_call(net, real, (x,), strict=False)
@@ -154,8 +139,6 @@ class PXScorer(Scorer):
                 z1 = model_output(out).sum(0)
                 key = tuple(x.shape[1:])
                 z1_sums[key] = z1_sums[key] + z1 if key in z1_sums else z1
-        if not z1_sums:
-            raise ValueError("batches is empty: PX needs at least one batch of inputs")
 
         leaves = {}
         kernel = {}

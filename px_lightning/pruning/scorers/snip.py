@@ -10,14 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..masks import plain_copy
-from .base import Scorer
-
-
-def split_batch(batch) -> tuple[Tensor, Tensor | None]:
-    """``(inputs, targets)`` of a batch given as a pair or a bare input tensor."""
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
+from .base import Scorer, labelled_batch, model_output
 
 
 class SNIPScorer(Scorer):
@@ -29,18 +22,11 @@ class SNIPScorer(Scorer):
         net = plain_copy(model).train()
         ref = next(iter(weights.values()))
         gates = {n: masks[n].to(w.dtype).requires_grad_(True) for n, w in weights.items()}
-        seen = 0
         for batch in batches:
-            x, y = split_batch(batch)
-            if y is None:
-                raise ValueError("batches must hold (inputs, targets) pairs: SNIP needs targets for its loss")
-            x = x.to(ref.device, ref.dtype if x.is_floating_point() else x.dtype)
+            x, y = labelled_batch(batch, ref, "SNIP")
             substituted = {n: gates[n] * weights[n] for n in weights}
             out = torch.func.functional_call(net, substituted, (x,), strict=False)
-            loss_fn(out, y.to(ref.device)).backward()
-            seen += 1
-        if seen == 0:
-            raise ValueError("batches is empty: SNIP needs at least one (inputs, targets) batch")
+            loss_fn(model_output(out), y).backward()
         scores = {n: g.grad.detach().abs() for n, g in gates.items()}
         total = sum(s.sum() for s in scores.values())
         return {n: s / total for n, s in scores.items()}

@@ -10,13 +10,7 @@ import torch
 from torch import Tensor
 
 from ..masks import plain_copy
-from .base import Scorer
-
-
-def _first_input(batches) -> Tensor:
-    for batch in batches:
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
-    raise ValueError("batches is empty: SynFlow needs one batch to know the input shape")
+from .base import Scorer, batch_inputs, model_output
 
 
 class SynFlowScorer(Scorer):
@@ -32,9 +26,9 @@ class SynFlowScorer(Scorer):
         leaves = {n: (w.abs() * masks[n]).requires_grad_(True) for n, w in weights.items()}
         # The effective weight is leaf * mask, so a pruned weight gets no gradient.
         substituted = {n: leaves[n] * masks[n] for n in leaves}
-        x = _first_input(batches)
         ref = next(iter(weights.values()))
+        x, _ = batch_inputs(batches[0], ref)  # only its shape: the input is all ones
         ones = torch.ones((1, *x.shape[1:]), dtype=ref.dtype, device=ref.device)
         out = torch.func.functional_call(net, substituted, (ones,), strict=False)
-        torch.sum(out).backward()
+        torch.sum(model_output(out)).backward()
         return {n: (leaves[n].grad * leaves[n]).detach().abs() for n in leaves}
