@@ -1,0 +1,1 @@
+"""Lightning callbacks: the pruning callback and diagnostics logging."""

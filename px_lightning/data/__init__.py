@@ -1,0 +1,1 @@
+"""LightningDataModules: CIFAR-10/100, Tiny-ImageNet, ImageNet, VOC 2012, Digits."""

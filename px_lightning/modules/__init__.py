@@ -1,0 +1,1 @@
+"""LightningModules: ImageClassifier, SemanticSegmenter."""
