@@ -22,7 +22,7 @@ _LAZY = {
     "create_model": "px_lightning.models",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["ForesightPruningCallback", "ImageClassifier", "SemanticSegmenter", "__version__", "create_model"]
 
 
 def __getattr__(name: str):
