@@ -1,0 +1,150 @@
+"""The empirical NTK against a brute-force Jacobian, and its behaviour on masked networks."""
+
+import pytest
+import torch
+from torch import nn
+
+from px_lightning.diagnostics import compare_spectra, empirical_ntk, ntk_spectrum, spectrum
+from px_lightning.pruning import apply_masks, find_masks, get_masks
+
+
+def tiny_mlp(bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(4, 6, bias=bias),
+        nn.ReLU(),
+        nn.Linear(6, 5, bias=bias),
+        nn.Tanh(),
+        nn.Linear(5, 3, bias=bias),
+    ).double()
+
+
+def brute_force_ntk(model, x, masks=None):
+    """J J^T with J built one output at a time by autograd.grad (no torch.func)."""
+    masks = masks or {}
+    params = dict(model.named_parameters())
+    rows = []
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1])[0]
+        for k in range(out.numel()):
+            grads = torch.autograd.grad(out[k], list(params.values()), retain_graph=True)
+            rows.append(
+                torch.cat([(g * masks[n] if n in masks else g).reshape(-1) for n, g in zip(params, grads)])
+            )
+    jac = torch.stack(rows)
+    return jac @ jac.T
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 16])
+def test_ntk_matches_brute_force_jacobian(chunk_size):
+    model = tiny_mlp()
+    x = torch.randn(7, 4, dtype=torch.float64)
+    ref = brute_force_ntk(model, x)
+    kernel = empirical_ntk(model, x, chunk_size=chunk_size)
+    assert kernel.shape == (21, 21)
+    assert torch.allclose(kernel, ref, rtol=1e-10, atol=1e-12)
+    ours, theirs = spectrum(kernel, top_k=5), torch.linalg.eigvalsh(ref).flip(0)
+    assert abs(ours.trace - float(ref.trace())) <= 1e-5 * abs(float(ref.trace()))
+    assert torch.allclose(ours.top, theirs[:5], rtol=1e-5)
+    # Summing over outputs keeps the trace and gives the (N, N) kernel.
+    reduced = empirical_ntk(model, x, chunk_size=chunk_size, reduce_outputs=True)
+    assert torch.allclose(reduced, ref.view(7, 3, 7, 3).diagonal(dim1=1, dim2=3).sum(-1), rtol=1e-10)
+
+
+def test_float32_model_agrees_to_1e_5():
+    model = tiny_mlp()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    ref = spectrum(brute_force_ntk(model, x), top_k=4)
+    got = ntk_spectrum(model.float(), x.float(), top_k=4, chunk_size=4)
+    assert abs(got.trace - ref.trace) <= 1e-5 * ref.trace
+    assert torch.allclose(got.top, ref.top, rtol=1e-5)
+
+
+def test_masked_ntk_matches_brute_force_and_model_is_untouched():
+    model = tiny_mlp()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.manual_seed(1)
+    masks = {n: torch.rand_like(p) > 0.5 for n, p in model.named_parameters() if n.endswith("weight")}
+    plain = tiny_mlp()
+    with torch.no_grad():
+        for n, p in plain.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+    ref = brute_force_ntk(plain, x, masks)
+    apply_masks(model, masks)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert torch.allclose(empirical_ntk(model, x), ref, rtol=1e-10, atol=1e-12)  # installed masks
+    assert model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # dense=True: the same weights without masks.
+    assert torch.allclose(empirical_ntk(model, x, dense=True), brute_force_ntk(tiny_mlp(), x), rtol=1e-10)
+    # masks given for a plain model: the same kernel as installing them.
+    assert torch.allclose(empirical_ntk(tiny_mlp(), x, masks=masks), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_single_path_gives_the_expected_trace():
+    # Input 2 -> hidden 4 -> hidden 1 -> output 0: f_0(x) = w3 * w2 * w1 * x_2 where x_2 > 0 (ReLU gates),
+    # else 0. The trace sums, over samples, the squared derivatives with respect to the three kept weights.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 6, bias=False),
+        nn.ReLU(),
+        nn.Linear(6, 5, bias=False),
+        nn.ReLU(),
+        nn.Linear(5, 3, bias=False),
+    ).double()
+    masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    masks["0.weight"][4, 2] = masks["2.weight"][1, 4] = masks["4.weight"][0, 1] = True
+    with torch.no_grad():  # positive weights: the path is open for every sample with x_2 > 0
+        model[0].weight[4, 2], model[2].weight[1, 4], model[4].weight[0, 1] = 0.7, 1.3, 2.1
+    w1, w2, w3 = 0.7, 1.3, 2.1
+    x = torch.randn(9, 4, dtype=torch.float64)
+    open_ = (x[:, 2] > 0).double()
+    expected = float((open_ * x[:, 2] ** 2).sum()) * ((w2 * w3) ** 2 + (w1 * w3) ** 2 + (w1 * w2) ** 2)
+    got = ntk_spectrum(model, x, masks=masks, chunk_size=4)
+    assert abs(got.trace - expected) <= 1e-10 * expected
+    # One path: the kernel has rank one, its only nonzero eigenvalue is the trace.
+    assert abs(float(got.top[0]) - expected) <= 1e-10 * expected
+    assert float(got.top[1:].abs().max()) <= 1e-10 * expected
+
+
+def test_compare_spectra_on_pruned_cnn():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    x = torch.randn(6, 3, 8, 8)
+    masks = find_masks(model, "random", density=0.3, seed=0)
+    report = compare_spectra(model, x, masks, top_k=3, chunk_size=4)
+    assert 0 < report["trace_ratio"] < 1
+    assert report["top_ratio"].shape == (3,)
+    assert -1 <= report["alignment"] <= 1 + 1e-9
+    full = compare_spectra(model, x, {n: torch.ones_like(m) for n, m in masks.items()}, chunk_size=4)
+    assert full["trace_ratio"] == pytest.approx(1.0, rel=1e-12)
+    assert full["alignment"] == pytest.approx(1.0, rel=1e-12)
+    apply_masks(model, masks)
+    assert compare_spectra(model, x, chunk_size=4)["trace_ratio"] == pytest.approx(report["trace_ratio"])
+    assert set(get_masks(model)) == set(masks)
+
+
+def test_bad_arguments_are_named():
+    model = tiny_mlp()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="chunk_size"):
+        empirical_ntk(model, x, chunk_size=0)
+    with pytest.raises(ValueError, match="params"):
+        empirical_ntk(model, x, params="weights")
+    with pytest.raises(ValueError, match="masks names"):
+        empirical_ntk(model, x, masks={"nope.weight": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="shape"):
+        empirical_ntk(model, x, masks={"0.weight": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="no masks"):
+        compare_spectra(model, x)
+    with pytest.raises(ValueError, match="dense=True"):
+        empirical_ntk(model, x, masks={}, dense=True)
