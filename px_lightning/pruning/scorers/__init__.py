@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import Scorer
 from .grasp import GraSPScorer
 from .magnitude import MagnitudeScorer
+from .ntksap import NTKSAPScorer
 from .px import PXScorer
 from .random import RandomScorer
 from .snip import SNIPScorer
@@ -13,6 +14,7 @@ from .synflow import SynFlowScorer
 SCORERS: dict[str, type[Scorer]] = {
     "grasp": GraSPScorer,
     "magnitude": MagnitudeScorer,
+    "ntksap": NTKSAPScorer,
     "px": PXScorer,
     "random": RandomScorer,
     "snip": SNIPScorer,
@@ -35,6 +37,7 @@ __all__ = [
     "SCORERS",
     "GraSPScorer",
     "MagnitudeScorer",
+    "NTKSAPScorer",
     "PXScorer",
     "RandomScorer",
     "SNIPScorer",
