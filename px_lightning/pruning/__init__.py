@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -82,12 +82,16 @@ def find_masks(
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    reduce_scores: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
     **options,
 ) -> dict[str, Tensor]:
     """Iteratively prune to ``density``: each round scores the masked network and thresholds.
 
     ``rounds`` defaults to 1 for one-shot methods and 100 otherwise. Continues from masks already on
     the model. Returns ``{param_name: bool Tensor}``; the model is left untouched.
+    ``progress(done, rounds)`` is called after each round; ``reduce_scores`` maps each round's scores
+    before thresholding (the Lightning callback sums them across data-parallel ranks with it).
 
     Example:
         >>> masks = find_masks(model, "random", density=0.1, seed=0)
@@ -103,8 +107,10 @@ def find_masks(
     targets = prunable_parameters(model, include, exclude)
     weights = _effective_weights(model, list(targets))
     masks = _start_masks(model, weights)
-    for round_density in density_schedule(density, rounds, schedule):
+    for done, round_density in enumerate(density_schedule(density, rounds, schedule), start=1):
         scores = scorer.score(model, weights, masks, batches, loss_fn)
+        if reduce_scores is not None:
+            scores = reduce_scores(scores)
         _check_scores(scores, scorer.name)
         if all(not bool(s.any()) for s in scores.values()):
             raise RuntimeError(
@@ -113,6 +119,8 @@ def find_masks(
                 "or check that the scoring data is not all zeros"
             )
         masks = threshold_masks(scores, round_density, scope)
+        if progress is not None:
+            progress(done, rounds)
     warn_collapsed(masks, scorer.name)
     return masks
 
