@@ -1,0 +1,484 @@
+"""ForesightPruningCallback: prune a LightningModule at fit start and train it sparse.
+
+How the masks travel through a fit (see ``shared/LIGHTNING_NOTES.md`` for why each step sits where it does):
+
+1. ``setup(stage="fit")``, before the DDP wrap: an all-ones boolean mask parametrization on every prunable
+   tensor (so DDP hooks the parametrized weights), the mask buffers excluded from DDP's per-step buffer
+   broadcast (the callback keeps them identical itself), and a ``load_state_dict`` pre-hook that maps
+   plain checkpoint keys (``net.conv1.weight``) onto the parametrized ones.
+2. ``on_fit_start``, on the module's device: score and threshold (or take the masks restored from a
+   checkpoint, without scoring), make every rank agree, fill the placeholders in place, zero the pruned
+   entries of the trainable tensors, log the densities.
+3. ``on_save_checkpoint``: the module's state is written under plain keys with masked values and the masks
+   go into the callback's own state, so a checkpoint loads strictly into a fresh module with no callback
+   (``load_from_checkpoint``) and a resumed fit (``ckpt_path=...``) restores the masks instead of scoring.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..pruning import apply_masks, find_masks, get_masks, prunable_parameters, remove_masks, sparsity_report
+from ..pruning.masks import WeightMask
+from ..pruning.scorers import Scorer, get_scorer
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    module_name, _, attr = name.rpartition(".")
+    return module_name, attr
+
+
+def _mask_module(model: nn.Module, name: str) -> WeightMask:
+    module_name, attr = _split_name(name)
+    module = model.get_submodule(module_name) if module_name else model
+    return next(p for p in module.parametrizations[attr] if isinstance(p, WeightMask))
+
+
+def _original(model: nn.Module, name: str) -> Tensor:
+    module_name, attr = _split_name(name)
+    module = model.get_submodule(module_name) if module_name else model
+    return module.parametrizations[attr].original
+
+
+def _keys(name: str) -> tuple[str, str]:
+    """State-dict keys of a masked tensor: its trainable ``original`` and its mask buffer."""
+    module_name, attr = _split_name(name)
+    base = f"{module_name}.parametrizations.{attr}" if module_name else f"parametrizations.{attr}"
+    return f"{base}.original", f"{base}.0.mask"
+
+
+class _PlainKeyLoader:
+    """``load_state_dict`` pre-hook mapping plain keys (``conv.weight``) onto a parametrized module's keys.
+
+    A checkpoint written by the callback holds plain keys; the module carries mask placeholders since
+    ``setup``. The value goes to ``original``; a mask absent from the state dict keeps the module's
+    current one (the callback fills the right one from its own state at fit start). Holds names only, so
+    deep copies of the module (scoring copies) stay cheap.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        for name in self.names:
+            original_key, mask_key = _keys(name)
+            plain = prefix + name
+            if plain in state_dict and prefix + original_key not in state_dict:
+                state_dict[prefix + original_key] = state_dict.pop(plain)
+                if prefix + mask_key not in state_dict:
+                    try:
+                        state_dict[prefix + mask_key] = _mask_module(module, name).mask.clone()
+                    except (AttributeError, StopIteration, KeyError):
+                        pass  # no mask on the module (made permanent): the strict load reports the key
+
+
+class ForesightPruningCallback(Callback):
+    """Prune at fit start (PX or a baseline), train sparse, checkpoint and resume with the masks.
+
+    Args:
+        method: Scoring method, a name (``"px"``, ``"snip"``, ``"grasp"``, ``"synflow"``, ``"magnitude"``,
+            ``"random"``, and any other name ``px_lightning.pruning`` knows) or a ``Scorer`` object.
+        density: Fraction of the prunable weights to keep, in (0, 1]. Give this or ``sparsity``.
+        sparsity: Fraction to prune, in [0, 1) (``density = 1 - sparsity``). Give this or ``density``.
+        rounds: Scoring rounds (iterative pruning); ``None``: 1 for one-shot methods, 100 otherwise.
+        scope: ``"global"`` (one threshold over all layers) or ``"local"`` (each layer to ``density``).
+        schedule: Density after each round, ``"exponential"`` (published) or ``"linear"``.
+        num_batches: Train batches to score on when the datamodule has no ``scoring_dataloader()``.
+        include: Name patterns (globs or module prefixes) of the tensors to prune; default: the weight of
+            every Conv and Linear layer of the LightningModule (names as in ``named_parameters()``).
+        exclude: Name patterns removed from the prunable tensors (e.g. ``["net.fc"]``).
+        reinit: Re-initialise the kept weights after pruning (a published sanity check): each layer's
+            weights are randomly permuted, so the layer keeps the distribution of its own initialiser.
+        reshuffle: Randomly permute each layer's mask after pruning, keeping per-layer densities (the
+            other published sanity check).
+        make_permanent: At fit end remove the parametrizations, leaving plain weights with the pruned
+            entries at exactly zero.
+        verbose: Print the per-layer density table (rank zero) after pruning.
+        method_options: Options of the scoring method, e.g. ``{"kernel_norm": "eval"}`` for PX or
+            ``{"seed": 0}`` for random.
+        distributed_scoring: Under DDP, ``"shard"``: each rank scores its share of whole scoring batches
+            and the scores are summed across ranks before each round's threshold (data-parallel; exact
+            for scores that add over batches, close otherwise, because SNIP normalises and PX takes an
+            absolute value per call); ``"replicate"``: every rank scores all batches (no faster than one
+            device, exactly the single-process masks). Rank 0's masks are broadcast at the end in both.
+
+    Example:
+        >>> trainer = L.Trainer(callbacks=[ForesightPruningCallback(method="px", density=0.018, rounds=100)])
+        >>> trainer.fit(model, datamodule=dm)
+
+    In a LightningCLI YAML config::
+
+        trainer:
+          callbacks:
+            - class_path: px_lightning.callbacks.ForesightPruningCallback
+              init_args: {method: px, sparsity: 0.98, rounds: 100}
+
+    Strategies: single device and ``ddp`` (multi-node through ``num_nodes``). FSDP, DeepSpeed and the
+    model-parallel strategy cannot carry parametrized masks and are refused at setup, as are the
+    spawning DDP variants (``ddp_spawn``, ``ddp_notebook``, ``ddp_fork``): their main process gets the
+    weights back without the masks.
+    """
+
+    def __init__(
+        self,
+        method: str | Scorer = "px",
+        density: float | None = None,
+        sparsity: float | None = None,
+        rounds: int | None = None,
+        scope: Literal["global", "local"] = "global",
+        schedule: Literal["exponential", "linear"] = "exponential",
+        num_batches: int = 10,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        reinit: bool = False,
+        reshuffle: bool = False,
+        make_permanent: bool = False,
+        verbose: bool = True,
+        method_options: dict[str, Any] | None = None,
+        distributed_scoring: Literal["shard", "replicate"] = "shard",
+    ) -> None:
+        super().__init__()
+        if (density is None) == (sparsity is None):
+            raise ValueError(
+                "ForesightPruningCallback needs exactly one of density (fraction kept) or sparsity (fraction "
+                f"pruned); got density={density!r}, sparsity={sparsity!r}: remove one"
+                if density is not None
+                else "ForesightPruningCallback needs density (fraction kept) or sparsity (fraction pruned): "
+                "give one, e.g. density=0.1"
+            )
+        if sparsity is not None:
+            if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+                raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+            density = 1.0 - float(sparsity)
+        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {density!r}")
+        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+            raise ValueError(f"rounds must be an integer >= 1 or None, got {rounds!r}")
+        if scope not in ("global", "local"):
+            raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+        if schedule not in ("exponential", "linear"):
+            raise ValueError(f"schedule must be 'exponential' or 'linear', got {schedule!r}")
+        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+            raise ValueError(f"num_batches must be an integer >= 1, got {num_batches!r}")
+        if distributed_scoring not in ("shard", "replicate"):
+            raise ValueError(
+                f"distributed_scoring must be 'shard' or 'replicate', got {distributed_scoring!r}"
+            )
+        self.method = method
+        self.method_options = dict(method_options or {})
+        # Resolve now so that a wrong method name or option fails when the callback is built.
+        self.scorer = get_scorer(method, **self.method_options)
+        self.density = float(density)
+        self.rounds = rounds
+        self.scope = scope
+        self.schedule = schedule
+        self.num_batches = num_batches
+        self.include = list(include) if include else None
+        self.exclude = list(exclude) if exclude else None
+        self.reinit = reinit
+        self.reshuffle = reshuffle
+        self.make_permanent = make_permanent
+        self.verbose = verbose
+        self.distributed_scoring = distributed_scoring
+        self.report: dict | None = None  # sparsity_report of the pruned module, set at fit start
+        self._masks: dict[str, Tensor] | None = None  # found or restored masks (CPU): no rescoring when set
+        self._names: list[str] = []
+        self._loader = _PlainKeyLoader()
+        self._hook_handle = None
+        self._source = ""
+
+    # ---------------------------------------------------------------- setup: placeholders before the wrap
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._check_strategy(trainer)
+        existing = get_masks(pl_module)
+        targets = list(prunable_parameters(pl_module, self.include, self.exclude))
+        placeholders = {}
+        for name in targets:
+            if name not in existing:
+                module_name, attr = _split_name(name)
+                tensor = getattr(pl_module.get_submodule(module_name) if module_name else pl_module, attr)
+                placeholders[name] = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+        apply_masks(pl_module, placeholders)
+        self._names = targets
+        self._loader.names = targets
+        if self._hook_handle is None:
+            self._hook_handle = pl_module.register_load_state_dict_pre_hook(self._loader)
+        # DDP would broadcast every buffer, the masks too, from rank 0 at each training forward; the masks
+        # only change here and at fit start, where every rank fills the same values, so DDP skips them.
+        mask_buffers = [f"{n}.mask" for n, m in pl_module.named_modules() if isinstance(m, WeightMask)]
+        ignored = set(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", ())) | set(mask_buffers)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, sorted(ignored))
+
+    @staticmethod
+    def _check_strategy(trainer: pl.Trainer) -> None:
+        strategy = trainer.strategy
+        if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+            raise TypeError(
+                f"ForesightPruningCallback cannot run under {type(strategy).__name__}: it shards or flattens the "
+                "parameters, so the mask parametrizations cannot be carried; use strategy='ddp' (or one device)"
+            )
+        if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") != "popen":
+            raise ValueError(
+                f"ForesightPruningCallback does not support the '{strategy._start_method}' DDP launcher "
+                "(ddp_spawn / ddp_notebook / ddp_fork): the main process gets the weights back without the "
+                "masks. Use strategy='ddp'"
+            )
+
+    # ---------------------------------------------------------------- fit start: score or restore, fill
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        installed = set(get_masks(pl_module))
+        missing = [n for n in self._names if n not in installed]
+        if missing:
+            raise RuntimeError(f"mask placeholders missing at fit start for {missing[:5]}; setup did not run")
+        if self._masks is not None:  # restored from a checkpoint (or found by an earlier fit): no scoring
+            if set(self._masks) != set(self._names):
+                raise ValueError(
+                    "the checkpoint's pruning masks cover other tensors than this model's prunable ones "
+                    f"(checkpoint only: {sorted(set(self._masks) - set(self._names))[:5]}, model only: "
+                    f"{sorted(set(self._names) - set(self._masks))[:5]}); use the same model and "
+                    "include/exclude as the run that wrote the checkpoint"
+                )
+            apply_masks(pl_module, self._masks)
+        else:
+            masks = self._score(trainer, pl_module)
+            generator = self._shared_generator(trainer) if (self.reshuffle or self.reinit) else None
+            if self.reshuffle:
+                masks = {n: _permuted(m, generator) for n, m in masks.items()}
+            if self.reinit:
+                with torch.no_grad():
+                    for n in masks:
+                        original = _original(pl_module, n)
+                        original.copy_(_permuted(original.detach(), generator))
+            apply_masks(pl_module, masks)
+            self._masks = {n: m.detach().to("cpu", torch.bool).clone() for n, m in masks.items()}
+        # Pruned entries of the trainable tensors at zero: their gradients are zero, so SGD (momentum,
+        # weight decay) and Adam leave them there, and a resumed run continues bit for bit.
+        with torch.no_grad():
+            for n in self._names:
+                _original(pl_module, n).mul_(_mask_module(pl_module, n).mask)
+        self.report = sparsity_report(pl_module)
+        self._log(trainer)
+
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        batches = self._scoring_batches(trainer)
+        distributed = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+        mine, reduce_scores = batches, None
+        if distributed and self.distributed_scoring == "shard":
+            if self.scorer.needs_data and len(batches) < trainer.world_size:
+                raise ValueError(
+                    f"{len(batches)} scoring batches for {trainer.world_size} ranks: distributed_scoring='shard' "
+                    "gives each rank whole batches; raise num_batches (or the scoring_dataloader's size) to "
+                    "at least the world size, or set distributed_scoring='replicate'"
+                )
+            _check_same_batches(batches)
+            mine = batches[trainer.global_rank :: trainer.world_size]
+            reduce_scores = _all_reduce_sum
+        bar = self._progress_bar(trainer)
+        try:
+            masks = find_masks(
+                pl_module,
+                self.scorer,
+                mine,
+                density=self.density,
+                rounds=self.rounds,
+                scope=self.scope,
+                schedule=self.schedule,
+                include=self.include,
+                exclude=self.exclude,
+                progress=None if bar is None else lambda done, total: _advance(bar, done, total),
+                reduce_scores=reduce_scores,
+            )
+        except RuntimeError as err:
+            if "all zero" in str(err):
+                raise RuntimeError(
+                    f"ForesightPruningCallback: {err}. The scoring data came from {self._source}; "
+                    "change method, method_options or the scoring data"
+                ) from err
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if distributed:  # exact agreement whatever the ranks' float round-off: rank 0's masks everywhere
+            masks = _broadcast_masks(masks)
+        return masks
+
+    def _scoring_batches(self, trainer: pl.Trainer) -> list:
+        datamodule = trainer.datamodule
+        if datamodule is not None and callable(getattr(datamodule, "scoring_dataloader", None)):
+            loader, limit = datamodule.scoring_dataloader(), None
+            self._source = f"{type(datamodule).__name__}.scoring_dataloader()"
+        else:
+            # The fit loop sets its dataloaders up after on_fit_start; ask its source directly (the
+            # datamodule's or module's train_dataloader(), or the loaders given to fit) for a plain loader.
+            loader, limit = trainer.fit_loop._data_source.dataloader(), self.num_batches
+            self._source = f"the first {limit} batches of the train dataloader (the datamodule has no scoring_dataloader())"
+        if loader is None:
+            batches = []
+        else:
+            try:
+                batches = list(itertools.islice(iter(loader), limit))
+            except TypeError as err:
+                raise TypeError(
+                    f"cannot iterate the scoring data ({self._source}, a {type(loader).__name__}); give the "
+                    "datamodule a scoring_dataloader() returning a DataLoader"
+                ) from err
+        if not batches and self.scorer.needs_data:
+            raise ValueError(
+                f"ForesightPruningCallback: no scoring data: {self._source} yielded no batch. Give the "
+                "datamodule data (check its dataset and setup()) or a non-empty scoring_dataloader()"
+            )
+        for batch in batches[:1]:
+            ok = isinstance(batch, Tensor) or (
+                isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor)
+            )
+            if not ok:
+                raise TypeError(
+                    f"scoring batches must be (inputs, targets) pairs or input tensors; {self._source} gave a "
+                    f"{type(batch).__name__}: give the datamodule a scoring_dataloader() yielding pairs"
+                )
+        return batches
+
+    def _progress_bar(self, trainer: pl.Trainer):
+        rounds = self.rounds if self.rounds is not None else (1 if self.scorer.one_shot else 100)
+        if trainer.progress_bar_callback is None or not trainer.is_global_zero or rounds < 2:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=rounds, desc=f"Pruning ({self.scorer.name})", unit="round", leave=False, dynamic_ncols=True
+        )
+
+    @staticmethod
+    def _shared_generator(trainer: pl.Trainer) -> torch.Generator:
+        # One seed drawn on rank 0 (from the global RNG, so seed_everything makes it reproducible) and sent to
+        # every rank: reshuffled masks and re-initialised weights are then the same everywhere.
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        seed = trainer.strategy.broadcast(seed, src=0)
+        return torch.Generator().manual_seed(seed)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        report = self.report
+        metrics = {"pruning/density": report["density"]}
+        metrics.update({f"pruning/density/{n}": v["density"] for n, v in report["layers"].items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if self.verbose:
+            rank_zero_info(_table(report))
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": self._masks, "density": self.density, "method": self.scorer.name}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        masks = state_dict.get("masks")
+        self._masks = None if masks is None else {n: m.to(torch.bool) for n, m in masks.items()}
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = checkpoint.get("state_dict")
+        if not state:
+            return
+        replace = {}
+        for name in get_masks(pl_module):
+            original_key, mask_key = _keys(name)
+            if original_key in state and mask_key in state:
+                value = state[original_key] * state[mask_key].to(state[original_key].dtype)
+                replace[original_key] = (name, value)
+                replace[mask_key] = None
+        # Rebuild in order, each parametrized pair replaced by the plain key at the original's position.
+        rebuilt = {}
+        for key, value in state.items():
+            if key not in replace:
+                rebuilt[key] = value
+            elif replace[key] is not None:
+                rebuilt[replace[key][0]] = replace[key][1]
+        checkpoint["state_dict"] = type(state)(rebuilt)
+
+    # ---------------------------------------------------------------- fit end
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.make_permanent:
+            return
+        remove_masks(pl_module)
+        if self._hook_handle is not None:
+            self._hook_handle.remove()
+            self._hook_handle = None
+        ignored = [
+            n
+            for n in getattr(pl_module, "_ddp_params_and_buffers_to_ignore", ())
+            if ".parametrizations." not in n
+        ]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, ignored)
+
+
+def _permuted(t: Tensor, generator: torch.Generator) -> Tensor:
+    perm = torch.randperm(t.numel(), generator=generator).to(t.device)
+    return t.flatten()[perm].view_as(t)
+
+
+def _advance(bar, done: int, total: int) -> None:
+    bar.update(done - bar.n)
+
+
+def _all_reduce_sum(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    names = list(scores)
+    flat = torch.cat([scores[n].flatten() for n in names])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    out, start = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = flat[start : start + size].view_as(scores[n])
+        start += size
+    return out
+
+
+def _broadcast_masks(masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    names = list(masks)
+    flat = torch.cat([masks[n].flatten().to(torch.uint8) for n in names])
+    dist.broadcast(flat, src=0)
+    out, start = {}, 0
+    for n in names:
+        size = masks[n].numel()
+        out[n] = flat[start : start + size].view_as(masks[n]).to(torch.bool)
+        start += size
+    return out
+
+
+def _check_same_batches(batches: Sequence) -> None:
+    # Sharding needs the same list on every rank; a cheap fingerprint of the inputs catches shuffled loaders.
+    prints = []
+    for batch in batches:
+        x = batch if isinstance(batch, Tensor) else batch[0]
+        xd = x.detach().double()
+        prints.append((tuple(x.shape), round(float(xd.sum()), 6), round(float((xd * xd).sum()), 6)))
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, prints)
+    if any(g != gathered[0] for g in gathered):
+        raise ValueError(
+            "the scoring batches differ across ranks (a shuffled train dataloader?), so sharded scoring would "
+            "mix different data: give the datamodule a deterministic scoring_dataloader(), seed the run "
+            "(seed_everything), or set distributed_scoring='replicate'"
+        )
+
+
+def _table(report: dict) -> str:
+    rows = [(n, f"{v['kept']}/{v['total']}", f"{v['density']:.4f}") for n, v in report["layers"].items()]
+    rows.append(("total", f"{report['kept']}/{report['total']}", f"{report['density']:.4f}"))
+    widths = [max(len(r[i]) for r in [("layer", "kept/total", "density"), *rows]) for i in range(3)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format("layer", "kept/total", "density"), line.format(*("-" * w for w in widths))]
+    out += [line.format(*r) for r in rows]
+    return "Pruning masks:\n" + "\n".join(out)
