@@ -118,7 +118,9 @@ def find_masks(
                 "kernel_norm='train' gives on BatchNorm networks (float round-off): use kernel_norm='eval', "
                 "or check that the scoring data is not all zeros"
             )
-        masks = threshold_masks(scores, round_density, scope)
+        # A scorer may ask for constrained thresholding (PX's dense_head / layer_floor options).
+        constraints = scorer.thresholding(weights) if hasattr(scorer, "thresholding") else {}
+        masks = threshold_masks(scores, round_density, scope, **constraints)
         if progress is not None:
             progress(done, rounds)
     warn_collapsed(masks, scorer.name)

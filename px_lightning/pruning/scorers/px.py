@@ -11,6 +11,24 @@ path network, well-posed. ``"train"`` is the published code, whose kernel scores
 BatchNorm precedes global pooling. ``z2`` does not depend on the data, so it is computed once per input
 shape and round. Activations other than ReLU (GELU, SiLU, ...) are treated as ReLU. Dropout is off in
 every copy, so scores are deterministic.
+
+Options against layer collapse (all off by default, which is the published computation). PX tends to
+starve the classifier: its published copies leave the head's real weights in both paths, so the head is
+scored on another scale than the body, and at very low density it keeps a few percent of the head and
+may drop whole residual branches.
+
+- ``head="body"``: score the head on the body's scale (kept weights and bias set to 1 in the data path,
+  squared in the kernel copy, like every other layer). ``"published"`` (default) keeps its real weights.
+- ``dense_head=True``: keep the head (the last prunable layer) whole, inside the same total budget: the
+  body shares ``density * total - head size`` (as SynFlow's code's dense classifier, but within budget).
+- ``layer_floor=f`` (0 to 1): each prunable tensor keeps at least ``f * round density`` of its weights
+  in every round (its best positive-scored ones), within the same total budget.
+- ``bn_warmup=True``: before each round's scoring, the BatchNorm running statistics of the scoring copies
+  are estimated on the scoring batches (cumulative average over the masked network's forward passes), so
+  the eval-mode activation and kernel copies use data statistics instead of the initial 0/1.
+
+Example:
+    >>> find_masks(model, "px", batches, density=0.01, rounds=20, dense_head=True, bn_warmup=True)
 """
 
 from __future__ import annotations
@@ -85,19 +103,83 @@ def _set_modes(net: nn.Module, norm_train: bool) -> None:
             m.eval()
 
 
+def _warm_up_statistics(net: nn.Module, real: dict, buffers: dict, batches, ref: Tensor) -> dict[str, Tensor]:
+    """BatchNorm running statistics of the masked network, averaged over the scoring batches (copies)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return buffers
+    warm = {k: v.clone() for k, v in buffers.items()}
+    saved = [(m, m.momentum) for m in norms]
+    try:
+        for m in norms:
+            m.momentum = None  # cumulative moving average: the plain mean over the batches
+        for k, value in warm.items():
+            if k.endswith("num_batches_tracked"):
+                value.zero_()
+        _set_modes(net, norm_train=True)
+        with torch.no_grad():
+            for batch in batches:
+                x, _ = batch_inputs(batch, ref)
+                torch.func.functional_call(net, {**real, **warm}, (x,), strict=False)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+    return warm
+
+
 class PXScorer(Scorer):
     name = "px"
     one_shot = False
 
-    def __init__(self, kernel_norm: str = "eval") -> None:
+    def __init__(
+        self,
+        kernel_norm: str = "eval",
+        head: str = "published",
+        dense_head: bool = False,
+        layer_floor: float = 0.0,
+        bn_warmup: bool = False,
+    ) -> None:
         if kernel_norm not in ("eval", "train"):
             raise ValueError(f"kernel_norm must be 'eval' or 'train', got {kernel_norm!r}")
-        self.kernel_norm = kernel_norm
+        if head not in ("published", "body"):
+            raise ValueError(f"head must be 'published' or 'body', got {head!r}")
+        if not isinstance(dense_head, bool):
+            raise TypeError(f"dense_head must be True or False, got {dense_head!r}")
+        if (
+            isinstance(layer_floor, bool)
+            or not isinstance(layer_floor, (int, float))
+            or not 0 <= layer_floor <= 1
+        ):
+            raise ValueError(
+                f"layer_floor must be a number in [0, 1] (a fraction of the density), got {layer_floor!r}"
+            )
+        if not isinstance(bn_warmup, bool):
+            raise TypeError(f"bn_warmup must be True or False, got {bn_warmup!r}")
+        self.kernel_norm, self.head, self.dense_head = kernel_norm, head, dense_head
+        self.layer_floor, self.bn_warmup = float(layer_floor), bn_warmup
+        self._head_name: str | None = None
+
+    def thresholding(self, weights: dict[str, Tensor]) -> dict:
+        """Constraints for ``threshold_masks``: the head kept dense and/or a per-layer floor."""
+        out: dict = {}
+        if self.dense_head:
+            if self._head_name not in weights:
+                raise ValueError(
+                    f"dense_head=True but the head {self._head_name!r} (the last prunable layer) is not among "
+                    "the pruned tensors: it is dense already; drop dense_head or include it"
+                )
+            out["dense"] = [self._head_name]
+        if self.layer_floor:
+            out["layer_floor"] = self.layer_floor
+        return out
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         net = plain_copy(model)
         layers = [(n, m) for n, m in net.named_modules() if isinstance(m, PRUNABLE_TYPES)]
         head = layers[-1][0]
+        self._head_name = f"{head}.weight"
+        # "published" leaves the head's real weights in both paths; "body" treats it like every other layer.
+        real_head = head if self.head == "published" else None
         has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         if self.kernel_norm == "train" and has_norm:
             warnings.warn(
@@ -111,13 +193,16 @@ class PXScorer(Scorer):
         biases = {f"{n}.bias": m.bias.detach() for n, m in layers if getattr(m, "bias", None) is not None}
         buffers = dict(net.named_buffers())
 
+        if self.bn_warmup:
+            buffers = _warm_up_statistics(net, real, buffers, batches, ref)
+
         def fresh_buffers():  # train-mode BatchNorm updates statistics: give it throwaway copies
             return {k: v.clone() for k, v in buffers.items()}
 
         data_path = {}
         for n, _ in layers:
             w, b = f"{n}.weight", f"{n}.bias"
-            if n == head:
+            if n == real_head:
                 data_path[w] = real[w]
                 continue
             data_path[w] = masks[w].to(ref.dtype) if w in masks else torch.ones_like(real[w])
@@ -130,7 +215,7 @@ class PXScorer(Scorer):
                 x, _ = batch_inputs(batch, ref)
                 net.eval()
                 with _GateMode("record") as recorder:
-                    torch.func.functional_call(net, real, (x,), strict=False)
+                    torch.func.functional_call(net, {**real, **buffers}, (x,), strict=False)
                 _set_modes(net, norm_train=True)
                 with _GateMode("replay", recorder.gates):
                     out = torch.func.functional_call(
@@ -144,14 +229,14 @@ class PXScorer(Scorer):
         kernel = {}
         for n, _ in layers:
             w, b = f"{n}.weight", f"{n}.bias"
-            value = real[w] if n == head else real[w] ** 2
+            value = real[w] if n == real_head else real[w] ** 2
             if w in masks:
                 leaves[w] = value.clone().requires_grad_(True)
                 kernel[w] = leaves[w] * masks[w]
             else:
                 kernel[w] = value
             if b in biases:
-                kernel[b] = biases[b] if n == head else biases[b] ** 2
+                kernel[b] = biases[b] if n == real_head else biases[b] ** 2
         _set_modes(net, norm_train=self.kernel_norm == "train")
         total = 0
         for shape, z1 in z1_sums.items():

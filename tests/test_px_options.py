@@ -1,0 +1,121 @@
+"""PX options against layer collapse: head on the body's scale, dense head, per-layer floor, BatchNorm warm-up."""
+
+import copy
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from px_lightning.pruning import compute_scores, find_masks, threshold_masks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
+import models as conformance_models
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return conformance_models.kaiming_init(conformance_models.build("small_cnn")).double().eval()
+
+
+def batches(seed=0, n=2):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64) + 0.5, torch.arange(6) % 10)
+        for _ in range(n)
+    ]
+
+
+def test_head_on_body_scale_matches_a_direct_computation():
+    # f = W2 relu(W1 x): with head="body" both layers are path layers. z1 = sum_x M2 (g(x) * (M1 x^2)),
+    # z2 = W2^2 W1^2 1, score(w) = |d(z1 . z2)/d(w^2)| w^2, written out here with plain autograd.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7, bias=False), nn.ReLU(), nn.Linear(7, 3, bias=False)).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    w1, w2 = model[0].weight.detach(), model[2].weight.detach()
+    gates = (x @ w1.T > 0).double()
+    z1 = ((gates * (x**2 @ torch.ones_like(w1).T)) @ torch.ones_like(w2).T).sum(0)
+    s1, s2 = (w1**2).requires_grad_(), (w2**2).requires_grad_()
+    (z1 * (s2 @ (s1 @ torch.ones(5, dtype=torch.float64)))).sum().backward()
+    expected = {"0.weight": s1.grad.abs() * w1**2, "2.weight": s2.grad.abs() * w2**2}
+    body = compute_scores(model, "px", [x], head="body")
+    published = compute_scores(model, "px", [x])
+    for name, ref in expected.items():
+        assert torch.allclose(body[name], ref, rtol=1e-12, atol=0), name
+    assert not torch.allclose(published["2.weight"], expected["2.weight"])
+
+
+def test_dense_head_keeps_the_head_within_the_same_budget():
+    model, data = small_cnn(), batches()
+    plain = find_masks(model, "px", data, density=0.3, rounds=3)
+    dense = find_masks(model, "px", data, density=0.3, rounds=3, dense_head=True)
+    assert bool(dense["fc.weight"].all())
+    assert not bool(plain["fc.weight"].all())
+    kept = lambda masks: sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in plain.values())
+    # Same budget: int((1 - d) * n) weights pruned in each case (up to ties at the threshold).
+    assert abs(kept(dense) - kept(plain)) <= 2
+    assert abs(kept(dense) - 0.3 * total) <= 2
+    with pytest.raises(ValueError, match="raise the density"):
+        find_masks(model, "px", data, density=0.1, rounds=1, dense_head=True)  # fc alone is 320 of 2200
+    with pytest.raises(ValueError, match="dense_head"):
+        find_masks(model, "px", data, density=0.5, rounds=1, dense_head=True, exclude=["fc"])
+
+
+def test_layer_floor_reserves_each_layers_best_weights_within_budget():
+    # Layer "a" scores far below layer "b": plain global thresholding collapses it.
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(100, generator=g) * 1e-6, "b": torch.rand(900, generator=g) + 1}
+    scores["a"][:50] = 0  # pruned weights (score 0) must stay pruned
+    plain = threshold_masks(scores, 0.1, "global")
+    assert not bool(plain["a"].any())
+    floored = threshold_masks(scores, 0.1, "global", layer_floor=0.5)
+    want = math.ceil(0.5 * 0.1 * 100)
+    assert int(floored["a"].sum()) == want
+    assert torch.equal(floored["a"], scores["a"] >= scores["a"].topk(want).values[-1])  # its best ones
+    assert not bool(floored["a"][:50].any())
+    assert int(floored["a"].sum() + floored["b"].sum()) == int(plain["a"].sum() + plain["b"].sum())
+    with pytest.raises(ValueError, match="layer_floor"):
+        threshold_masks(scores, 0.1, layer_floor=2.0)
+
+
+def test_layer_floor_in_px_keeps_every_layer_above_the_floor():
+    model, data = small_cnn(), batches()
+    masks = find_masks(model, "px", data, density=0.01, rounds=4, layer_floor=0.5)
+    for name, m in masks.items():
+        assert int(m.sum()) >= math.ceil(0.5 * 0.01 * m.numel()), name
+
+
+def test_bn_warmup_equals_scoring_with_data_statistics():
+    model, data = small_cnn(), batches()
+    before = copy.deepcopy(model.state_dict())
+    warmed = compute_scores(model, "px", data, bn_warmup=True)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # Reference: a copy whose BatchNorm statistics are the plain mean over the scoring batches.
+    ref_model = copy.deepcopy(model)
+    for m in ref_model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    ref_model.train()
+    with torch.no_grad():
+        for x, _ in data:
+            ref_model(x)
+    ref_model.eval()
+    expected = compute_scores(ref_model, "px", data)
+    default = compute_scores(model, "px", data)
+    for name in expected:
+        assert torch.allclose(warmed[name], expected[name], rtol=1e-10, atol=0), name
+    assert any(not torch.allclose(warmed[n], default[n]) for n in default)
+
+
+def test_bad_options_are_named():
+    model, data = small_cnn(), batches()
+    with pytest.raises(ValueError, match="head"):
+        compute_scores(model, "px", data, head="real")
+    with pytest.raises(ValueError, match="layer_floor"):
+        compute_scores(model, "px", data, layer_floor=1.5)
+    with pytest.raises(TypeError, match="bn_warmup"):
+        compute_scores(model, "px", data, bn_warmup="yes")
