@@ -1,0 +1,311 @@
+"""The ``px-lightning`` command line: every config parses and trains one step, the README's commands work.
+
+Every YAML under ``configs/`` is run with ``--print_config`` and with ``fit --trainer.fast_dev_run=1`` on tiny
+copies of its dataset in the real on-disk format (so no config can rot); the quickstart command is run
+exactly as README.md writes it, in a subprocess through the installed console script; bad configs fail with
+LightningCLI's usual error or the DataModule's message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from px_lightning.cli import main
+from px_lightning.pruning import get_masks, sparsity_report
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+README = REPO / "README.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ALL_CONFIGS = sorted(str(p.relative_to(REPO)) for p in CONFIG_DIR.rglob("*.yaml"))
+PUBLISHED = [
+    "configs/cifar10/resnet20_px.yaml",
+    "configs/cifar100/vgg16_bn_px.yaml",
+    "configs/tiny_imagenet/resnet18_px.yaml",
+    "configs/imagenet/resnet50_px.yaml",
+    "configs/voc2012/deeplabv3plus_resnet50_px.yaml",
+]
+
+# What makes each config cheap enough for one CPU step: tiny data, batch 2, 2 PX rounds, no workers,
+# 32-bit precision (the configs ask for fp16 mixed precision, meant for GPUs).
+COMMON = [
+    "--trainer.fast_dev_run=1",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.callbacks.init_args.rounds=2",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=2",
+]
+FAST_DEV_RUN = {
+    "configs/quickstart.yaml": [],
+    "configs/cifar10/resnet20_px.yaml": [
+        "--data.init_args.download=false",
+        "--data.init_args.examples_per_class=1",
+    ],
+    "configs/cifar100/vgg16_bn_px.yaml": [
+        "--data.init_args.download=false",
+        "--data.init_args.examples_per_class=1",
+    ],
+    "configs/tiny_imagenet/resnet18_px.yaml": [
+        "--data.init_args.download=false",
+        "--data.init_args.examples_per_class=1",
+    ],
+    "configs/imagenet/resnet50_px.yaml": ["--data.init_args.examples_per_class=1"],
+    "configs/voc2012/deeplabv3plus_resnet50_px.yaml": [
+        "--data.init_args.download=false",
+        "--data.init_args.crop_size=64",
+        "--data.init_args.scoring_batches=1",
+    ],
+}
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    # LightningCLI warns when both `args` and command-line arguments (pytest's) are present.
+    monkeypatch.setattr(sys, "argv", ["px-lightning"])
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, list[str]]:
+    """Tiny copies of every dataset in its real format: config name -> the extra CLI overrides pointing at them."""
+    from tiny_classification_data import write_cifar10, write_cifar100, write_imagenet, write_tiny_imagenet
+    from tiny_voc_data import write_voc
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    dirs = {
+        "configs/cifar10/resnet20_px.yaml": write_cifar10(root / "cifar10"),
+        "configs/cifar100/vgg16_bn_px.yaml": write_cifar100(root / "cifar100"),
+        "configs/tiny_imagenet/resnet18_px.yaml": write_tiny_imagenet(root / "tiny_imagenet"),
+        "configs/imagenet/resnet50_px.yaml": write_imagenet(root / "imagenet"),
+        "configs/voc2012/deeplabv3plus_resnet50_px.yaml": write_voc(root / "voc"),
+    }
+    extra = {name: [f"--data.init_args.data_dir={d}"] for name, d in dirs.items()}
+    # A DINO-format file (a plain torchvision ResNet-50 state dict without fc) of random weights, so the
+    # VOC config's pre-trained path is exercised without downloading anything.
+    import torchvision
+
+    dino = root / "dino_resnet50.pth"
+    state = {
+        k: v
+        for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
+        if not k.startswith("fc.")
+    }
+    torch.save(state, dino)
+    extra["configs/voc2012/deeplabv3plus_resnet50_px.yaml"].append(f"--model.init_args.pretrained={dino}")
+    extra["configs/quickstart.yaml"] = []
+    return extra
+
+
+def _load(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _pruning_callback(config: dict) -> dict:
+    callbacks = config["trainer"]["callbacks"]
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    return callbacks[-1]
+
+
+def _same_class(a: str, b: str) -> bool:
+    def resolve(path: str):
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    return resolve(a) is resolve(b)
+
+
+def _assert_contains(printed, written, where: str = "") -> None:
+    """Every value the config file writes is in the printed (resolved) config."""
+    if isinstance(written, dict):
+        assert isinstance(printed, dict), f"{where}: expected a mapping, printed {printed!r}"
+        for key, value in written.items():
+            assert key in printed, f"{where}.{key} missing from the printed config"
+            if key == "class_path":
+                assert _same_class(printed[key], value), f"{where}.class_path: {printed[key]} != {value}"
+            else:
+                _assert_contains(printed[key], value, f"{where}.{key}")
+    elif isinstance(written, list) and written and isinstance(written[0], dict):
+        assert len(printed) == len(written), f"{where}: {printed!r} != {written!r}"
+        for i, (p, w) in enumerate(zip(printed, written)):
+            _assert_contains(p, w, f"{where}[{i}]")
+    else:
+        assert printed == written, f"{where}: printed {printed!r}, the file says {written!r}"
+
+
+def _print_config(args: list[str], capsys) -> dict:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    out = capsys.readouterr()
+    assert exit_info.value.code in (0, None), out.err
+    return yaml.safe_load(out.out)
+
+
+def test_every_config_is_tested_and_published_ones_are_there():
+    assert set(ALL_CONFIGS) == set(FAST_DEV_RUN), (
+        "a config without a fast_dev_run case (add it to FAST_DEV_RUN)"
+    )
+    for name in PUBLISHED:
+        callback = _pruning_callback(_load(REPO / name))
+        assert callback["class_path"].endswith("ForesightPruningCallback")
+        args = callback["init_args"]
+        assert (args["method"], args["density"], args["rounds"]) == ("px", 0.018, 100), name
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS)
+def test_print_config(config, capsys):
+    printed = _print_config(["fit", "--config", str(REPO / config)], capsys)
+    _assert_contains(printed, _load(REPO / config))
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS)
+def test_fast_dev_run(config, tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # logs and the saved config.yaml land here
+    cli = main(["fit", "--config", str(REPO / config), *COMMON, *FAST_DEV_RUN[config], *tiny_data[config]])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    # The callback was configured from the YAML: the masks are on the model at the config's density.
+    density = _pruning_callback(_load(REPO / config))["init_args"]["density"]
+    assert get_masks(cli.model), "no masks on the trained model"
+    assert sparsity_report(cli.model)["density"] == pytest.approx(density, abs=2e-3)
+    out = capsys.readouterr().out
+    if _load(REPO / config).get("test_after_fit"):
+        assert cli.trainer.state.fn == "test"
+        assert "Per-layer density (masks)" in out
+
+
+def _readme_commands() -> list[str]:
+    """Every `px-lightning ...` command in README.md's code blocks (after a leading `... &&`)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    commands = []
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.split("&&")[-1].strip()
+            if line.startswith("px-lightning "):
+                commands.append(line)
+    return commands
+
+
+def _lookup(config, dotted: str):
+    node = config
+    for key in dotted.split("."):
+        if isinstance(node, list):  # `--trainer.callbacks.init_args.x` edits the last callback
+            node = node[-1]
+        node = node[key]
+    return node
+
+
+def test_readme_commands_parse(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    commands = _readme_commands()
+    assert any("configs/quickstart.yaml" in c for c in commands)
+    assert any("--trainer.callbacks.init_args.method=snip" in c for c in commands)
+    assert any("--trainer.num_nodes=2" in c for c in commands)
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        printed = _print_config(argv, capsys)
+        for arg in argv:
+            match = re.fullmatch(r"--([\w.]+)=(.*)", arg)
+            if match:
+                key, value = match.groups()
+                assert _lookup(printed, key) == yaml.safe_load(value), f"{command}: {key}"
+
+
+def test_quickstart_command_from_readme(tmp_path):
+    """The README's quickstart command, verbatim, through the console script (1 epoch instead of the config's)."""
+    command = next(
+        c for c in _readme_commands() if c.startswith("px-lightning fit --config configs/quickstart.yaml")
+    )
+    (tmp_path / "configs").symlink_to(CONFIG_DIR)  # the command's relative path, with logs kept in tmp_path
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    run = subprocess.run(
+        [*shlex.split(command), "--trainer.max_epochs=1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    out = run.stdout + run.stderr
+    accuracy = re.search(r"test[/_]acc\w*\s*│?\s*([0-9.]+)", out)
+    assert accuracy, f"no test accuracy in the output:\n{out[-3000:]}"
+    assert float(accuracy.group(1)) > 0.5  # 10 classes: chance is 0.1
+    # It ends with the per-layer density table of the trained model, at the config's density.
+    table = out[out.rindex("Per-layer density") :]
+    total = re.search(r"^total\s+(\d+)\s+(\d+)\s+([0-9.]+)$", table, flags=re.M)
+    density = _pruning_callback(_load(CONFIG_DIR / "quickstart.yaml"))["init_args"]["density"]
+    assert total and float(total.group(3)) == pytest.approx(density, abs=2e-3), table
+    assert len(table.strip().splitlines()) >= 5  # header lines, one row per pruned layer, total
+    # TensorBoard event files with the pruning densities.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    tags = set()
+    for event in events:
+        acc = EventAccumulator(str(event))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert "pruning/density" in tags, sorted(tags)
+
+
+def _bad_config(tmp_path: Path, edit) -> str:
+    config = _load(CONFIG_DIR / "quickstart.yaml")
+    edit(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _fails_to_parse(args: list[str], capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_key_is_refused(tmp_path, capsys):
+    path = _bad_config(tmp_path, lambda c: _pruning_callback(c)["init_args"].update(densty=0.1))
+    err = _fails_to_parse(["fit", "--config", path], capsys)
+    assert "densty" in err
+    err = _fails_to_parse(
+        ["fit", "--config", str(CONFIG_DIR / "quickstart.yaml"), "--trainer.max_epoch=3"], capsys
+    )
+    assert "max_epoch" in err
+
+
+def test_wrong_type_is_refused(tmp_path, capsys):
+    path = _bad_config(tmp_path, lambda c: c["model"]["init_args"].update(num_classes="ten"))
+    err = _fails_to_parse(["fit", "--config", path], capsys)
+    assert "num_classes" in err and "ten" in err
+
+
+def test_missing_data_folder_names_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIG_DIR / "cifar10/resnet20_px.yaml"),
+                *COMMON,
+                "--data.init_args.download=false",
+                f"--data.init_args.data_dir={missing}",
+            ]
+        )
