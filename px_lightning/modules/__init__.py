@@ -1,1 +1,5 @@
 """LightningModules: ImageClassifier, SemanticSegmenter."""
+
+from .segmenter import SemanticSegmenter
+
+__all__ = ["SemanticSegmenter"]
