@@ -1,0 +1,307 @@
+"""ForesightPruningCallback in real single-process Trainer fits on the CPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from callback_helpers import (
+    CountingPX,
+    LitClassifier,
+    ScoringDataModule,
+    TensorDataModule,
+    make_tensors,
+    trainer_kwargs,
+)
+
+import px_lightning
+from px_lightning.callbacks import ForesightPruningCallback
+from px_lightning.pruning import get_masks
+
+
+def _expected_kept(total: int, density: float) -> int:
+    # The published threshold: prune the k = int((1 - d) * n) lowest scores, keep those strictly above.
+    return total - int((1.0 - density) * total)
+
+
+def _originals(module: LitClassifier) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in get_masks(module):
+        mod_name, _, attr = name.rpartition(".")
+        out[name] = module.get_submodule(mod_name).parametrizations[attr].original.detach().clone()
+    return out
+
+
+def _effective(module: LitClassifier) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in get_masks(module):
+        mod_name, _, attr = name.rpartition(".")
+        out[name] = getattr(module.get_submodule(mod_name), attr).detach().clone()
+    return out
+
+
+def test_importable_from_package_root():
+    assert px_lightning.ForesightPruningCallback is ForesightPruningCallback
+
+
+def test_fit_sgd_density_zero_weights_and_logged_densities(tmp_path):
+    pl.seed_everything(0)
+    module = LitClassifier(optimizer="sgd", weight_decay=5e-3)
+    init = {n: p.detach().clone() for n, p in module.named_parameters()}
+    scorer = CountingPX()
+    callback = ForesightPruningCallback(method=scorer, density=0.2, rounds=3, num_batches=2)
+    logger = TensorBoardLogger(str(tmp_path), name="tb", default_hp_metric=False)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, max_steps=6), callbacks=[callback])
+    trainer.fit(module, datamodule=TensorDataModule(make_tensors(64)))
+
+    assert scorer.calls == 3 and scorer.batch_counts == [2, 2, 2]  # num_batches train batches, each round
+    masks = get_masks(module)
+    assert set(masks) == {"net.conv1.weight", "net.conv2.weight", "net.hidden.weight", "net.fc.weight"}
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert abs(kept - _expected_kept(total, 0.2)) <= 1
+    assert callback.report["kept"] == kept
+
+    # Pruned entries exactly zero, effective and trainable, after SGD with momentum and weight decay;
+    # the kept entries trained.
+    effective, originals = _effective(module), _originals(module)
+    for name, mask in masks.items():
+        assert bool((effective[name][~mask] == 0).all()), name
+        assert bool((originals[name][~mask] == 0).all()), name
+        start = init[name]
+        assert not torch.equal(effective[name][mask], start[mask]), f"{name} did not train"
+
+    # Densities in the TensorBoard event file, as the masks give them.
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert "pruning/density" in tags
+    assert events.Scalars("pruning/density")[0].value == pytest.approx(kept / total, abs=1e-6)
+    for name, mask in masks.items():
+        values = events.Scalars(f"pruning/density/{name}")
+        assert values[0].value == pytest.approx(float(mask.float().mean()), abs=1e-6)
+
+
+def test_fit_adam_accumulation_clipping_bf16(tmp_path, capsys):
+    pl.seed_everything(1)
+    module = LitClassifier(optimizer="adam", lr=1e-2, weight_decay=1e-3)
+    callback = ForesightPruningCallback(method="px", sparsity=0.9, rounds=2, num_batches=1, scope="local")
+    trainer = pl.Trainer(
+        **trainer_kwargs(
+            tmp_path,
+            max_steps=3,
+            accumulate_grad_batches=2,
+            gradient_clip_val=0.5,
+            precision="bf16-mixed",
+            enable_progress_bar=True,
+        ),
+        callbacks=[callback],
+    )
+    trainer.fit(module, datamodule=TensorDataModule(make_tensors(96)))
+    masks = get_masks(module)
+    for name, mask in masks.items():  # local scope: every layer to the density
+        assert abs(int(mask.sum()) - _expected_kept(mask.numel(), 0.1)) <= 1, name
+    effective, originals = _effective(module), _originals(module)
+    for name, mask in masks.items():
+        assert bool((effective[name][~mask] == 0).all()) and bool((originals[name][~mask] == 0).all())
+    err = capsys.readouterr().err
+    assert "Pruning (px)" in err  # the rounds' progress bar, shown since enable_progress_bar=True
+
+
+def test_progress_bar_respects_enable_progress_bar_and_table_printed(tmp_path, capsys, caplog):
+    pl.seed_everything(2)
+    callback = ForesightPruningCallback(method="px", density=0.3, rounds=2, num_batches=1)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[callback])
+    with caplog.at_level("INFO"):
+        trainer.fit(LitClassifier(), datamodule=TensorDataModule(make_tensors(32)))
+    assert "Pruning (px)" not in capsys.readouterr().err
+    table = "\n".join(r.getMessage() for r in caplog.records)
+    assert "net.hidden.weight" in table and "kept/total" in table
+
+
+def test_scoring_dataloader_is_preferred(tmp_path):
+    pl.seed_everything(3)
+    scorer = CountingPX()
+    callback = ForesightPruningCallback(method=scorer, density=0.5, rounds=2, num_batches=4)
+    dm = ScoringDataModule(make_tensors(128), scoring=make_tensors(48, seed=7), batch_size=16)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[callback])
+    trainer.fit(LitClassifier(), datamodule=dm)
+    assert scorer.batch_counts == [3, 3]  # the 3 scoring batches, not num_batches=4 train batches
+
+
+def _fit_and_save(tmp_path, max_steps, ckpt_in=None, scorer=None, seed=0):
+    pl.seed_everything(seed)
+    module = LitClassifier(optimizer="sgd", weight_decay=5e-3)
+    scorer = scorer if scorer is not None else CountingPX()
+    callback = ForesightPruningCallback(method=scorer, density=0.25, rounds=2, num_batches=2)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=max_steps), callbacks=[callback])
+    trainer.fit(module, datamodule=TensorDataModule(make_tensors(64)), ckpt_path=ckpt_in)
+    return module, trainer, scorer
+
+
+def _momentum_by_name(module, trainer) -> dict[str, torch.Tensor]:
+    state = trainer.optimizers[0].state
+    return {n: state[p]["momentum_buffer"].clone() for n, p in module.named_parameters() if p in state}
+
+
+def test_resume_restores_masks_and_optimizer_state_without_scoring(tmp_path):
+    first, trainer, first_scorer = _fit_and_save(tmp_path / "a", max_steps=4)
+    assert first_scorer.calls == 2
+    ckpt = tmp_path / "a.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    assert not any(".parametrizations." in k for k in state["state_dict"])  # plain keys, masked values
+    assert "net.conv1.weight" in state["state_dict"]
+    first_masks = get_masks(first)
+    first_momentum = _momentum_by_name(first, trainer)
+    assert len(first_momentum) == len(list(first.parameters()))
+
+    # Restore only (max_steps already reached), into a module initialised differently: masks identical,
+    # no scoring, every momentum buffer attached to the parameter of the same name.
+    scorer = CountingPX()
+    restored, restored_trainer, _ = _fit_and_save(tmp_path / "b", 4, ckpt_in=str(ckpt), scorer=scorer, seed=5)
+    assert scorer.calls == 0
+    restored_masks = get_masks(restored)
+    assert set(restored_masks) == set(first_masks)
+    assert all(torch.equal(first_masks[n], restored_masks[n]) for n in first_masks)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
+    restored_momentum = _momentum_by_name(restored, restored_trainer)
+    assert set(restored_momentum) == set(first_momentum)
+    for name, buffer in first_momentum.items():
+        assert torch.equal(buffer, restored_momentum[name]), name
+
+    # Resume and train on: still no scoring, same masks, pruned entries still exactly zero.
+    scorer = CountingPX()
+    resumed, _, _ = _fit_and_save(tmp_path / "c", 8, ckpt_in=str(ckpt), scorer=scorer, seed=5)
+    assert scorer.calls == 0
+    effective, originals = _effective(resumed), _originals(resumed)
+    for name, mask in get_masks(resumed).items():
+        assert torch.equal(mask, first_masks[name])
+        assert bool((effective[name][~mask] == 0).all()) and bool((originals[name][~mask] == 0).all())
+        assert not torch.equal(effective[name], _effective(first)[name])  # it trained on
+
+
+def test_load_from_checkpoint_predicts_like_the_saving_module(tmp_path):
+    module, trainer, _ = _fit_and_save(tmp_path, max_steps=4)
+    ckpt = tmp_path / "pruned.ckpt"
+    trainer.save_checkpoint(ckpt)
+    fresh = LitClassifier.load_from_checkpoint(ckpt)  # no callback, no masks: plain keys, strict load
+    assert not get_masks(fresh)
+    x = make_tensors(16, seed=11).tensors[0]
+    module.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(module(x), fresh(x))
+    for name, mask in get_masks(module).items():
+        mod_name, _, attr = name.rpartition(".")
+        assert bool((getattr(fresh.get_submodule(mod_name), attr)[~mask] == 0).all())
+
+
+def test_make_permanent_and_reshuffle(tmp_path):
+    def run(**kwargs):
+        pl.seed_everything(4)
+        module = LitClassifier()
+        callback = ForesightPruningCallback(method="magnitude", density=0.3, scope="local", **kwargs)
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=2), callbacks=[callback])
+        trainer.fit(module, datamodule=TensorDataModule(make_tensors(32)))
+        return module, callback
+
+    plain, _plain_cb = run()
+    shuffled, _shuffled_cb = run(reshuffle=True)
+    permanent, permanent_cb = run(make_permanent=True)
+    assert not get_masks(permanent)
+    assert not any(".parametrizations." in k for k in permanent.state_dict())
+    for name, mask in permanent_cb._masks.items():
+        mod_name, _, attr = name.rpartition(".")
+        assert bool((getattr(permanent.get_submodule(mod_name), attr)[~mask] == 0).all())
+    plain_masks, shuffled_masks = get_masks(plain), get_masks(shuffled)
+    for name in plain_masks:  # same per-layer counts, other positions
+        assert int(plain_masks[name].sum()) == int(shuffled_masks[name].sum())
+    assert any(not torch.equal(plain_masks[n], shuffled_masks[n]) for n in plain_masks)
+
+
+def test_reinit_permutes_kept_weights(tmp_path):
+    pl.seed_everything(6)
+    module = LitClassifier()
+    before = _effective_plain(module)
+    callback = ForesightPruningCallback(method="magnitude", density=0.5, reinit=True)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=0), callbacks=[callback])
+    trainer.fit(module, datamodule=TensorDataModule(make_tensors(16)))
+    originals = _originals(module)
+    for name, mask in get_masks(module).items():
+        kept = originals[name][mask]
+        # Kept weights re-drawn from the layer's own initial values (a permutation), in other positions.
+        assert bool(torch.isin(kept, before[name].flatten()).all()), name
+        assert not torch.equal(kept, before[name][mask]), name
+        assert bool((originals[name][~mask] == 0).all())
+
+
+def _effective_plain(module):
+    return {
+        f"{n}.weight": m.weight.detach().clone()
+        for n, m in module.named_modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    }
+
+
+# ---------------------------------------------------------------- wrong configurations
+def test_both_density_and_sparsity_refused():
+    with pytest.raises(ValueError, match="exactly one of density .* or sparsity.*remove one"):
+        ForesightPruningCallback(method="px", density=0.1, sparsity=0.9)
+
+
+def test_neither_density_nor_sparsity_refused():
+    with pytest.raises(ValueError, match="needs density .* or sparsity"):
+        ForesightPruningCallback(method="px")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "nope", "density": 0.1}, "unknown method 'nope'"),
+        ({"density": 1.5}, "density must be in"),
+        ({"sparsity": 1.0}, "sparsity must be in"),
+        ({"density": 0.1, "rounds": 0}, "rounds must be"),
+        ({"density": 0.1, "num_batches": 0}, "num_batches must be"),
+        ({"density": 0.1, "scope": "layer"}, "scope must be"),
+        ({"density": 0.1, "method": "px", "method_options": {"kernel_norm": "x"}}, "kernel_norm"),
+    ],
+)
+def test_bad_arguments_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ForesightPruningCallback(**kwargs)
+
+
+def test_datamodule_with_no_data_fails_at_fit_start(tmp_path):
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 3, 12, 12), torch.zeros(0, dtype=torch.long))
+    callback = ForesightPruningCallback(method="px", density=0.1, rounds=2)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path), callbacks=[callback])
+    with pytest.raises(ValueError, match="no scoring data: .*train dataloader.* yielded no batch"):
+        trainer.fit(LitClassifier(), datamodule=TensorDataModule(empty))
+
+
+def test_all_zero_scores_fail_at_fit_start(tmp_path):
+    # No bias, no normalisation, all-zero inputs: every PX path carries zero, so every score is zero.
+    callback = ForesightPruningCallback(method="px", density=0.1, rounds=2, num_batches=1)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path), callbacks=[callback])
+    module = LitClassifier(norm=False, bias=False)
+    with pytest.raises(
+        RuntimeError, match="scores are all zero.*change method, method_options or the scoring"
+    ):
+        trainer.fit(module, datamodule=TensorDataModule(make_tensors(32, zeros=True)))
+
+
+def test_spawning_ddp_refused_at_setup(tmp_path):
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", default_root_dir=str(tmp_path))
+    callback = ForesightPruningCallback(method="magnitude", density=0.5)
+    with pytest.raises(ValueError, match="ddp_spawn.*Use strategy='ddp'"):
+        callback.setup(trainer, LitClassifier(), stage="fit")
