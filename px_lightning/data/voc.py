@@ -12,8 +12,12 @@ center crop.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import lightning as L
 import numpy as np
@@ -41,25 +45,53 @@ def voc_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / "VOCdevkit" / "VOC2012"
 
 
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def download_voc2012(data_dir: str | Path, url: str | None = None, md5: str | None = None) -> Path:
     """Fetch the VOC 2012 trainval archive, check its MD5 and unpack it into ``data_dir``.
 
-    Skips the download when ``VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt`` already exists.
-    ``url``/``md5`` default to the official archive (about 2 GB); a mirror or local ``file://`` copy
-    may be given instead. Returns the ``VOC2012`` folder.
+    Skips everything when ``VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt`` already exists.
+    ``url``/``md5`` default to the official archive (about 2 GB); a mirror, a ``file://`` URL or a local
+    path of a copy may be given instead. An archive whose MD5 differs is deleted and refused before
+    anything is unpacked. Returns the ``VOC2012`` folder.
 
     Example:
         >>> download_voc2012("data/")  # data/VOCdevkit/VOC2012/...
     """
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_url, extract_archive
 
     root = voc_root(data_dir)
     if (root / "ImageSets" / "Segmentation" / "train.txt").is_file():
         return root
+    # Module globals read at call time, so a mirror can be configured by setting them.
     url, md5 = url or VOC2012_URL, md5 or VOC2012_MD5
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    # download_url checks the MD5 and raises when it differs, before anything is extracted.
-    download_and_extract_archive(url, download_root=str(data_dir), filename=Path(url).name, md5=md5)
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):  # a local copy: torchvision's downloader handles only http(s)
+        source = Path(url2pathname(parsed.path)) if parsed.scheme else Path(url)
+        if not source.is_file():
+            raise FileNotFoundError(f"VOC archive {source} (from {url!r}) does not exist")
+        archive = data_dir / source.name
+        if source.resolve() != archive.resolve():
+            shutil.copyfile(source, archive)
+    else:
+        archive = data_dir / Path(parsed.path).name
+        download_url(url, str(data_dir), filename=archive.name)
+    actual = _md5(archive)
+    if actual != md5:
+        archive.unlink()
+        raise RuntimeError(
+            f"VOC archive from {url} has MD5 {actual}, expected {md5}: the download is corrupted or not the "
+            "official VOCtrainval_11-May-2012.tar; it was deleted, retry or check the mirror"
+        )
+    extract_archive(str(archive), str(data_dir))
     if not (root / "ImageSets" / "Segmentation" / "train.txt").is_file():
         raise RuntimeError(
             f"the archive from {url} did not unpack to {root}/ImageSets/Segmentation/train.txt"
