@@ -1,5 +1,6 @@
 """LightningModules: ImageClassifier, SemanticSegmenter."""
 
+from .classifier import ImageClassifier
 from .segmenter import SemanticSegmenter
 
-__all__ = ["SemanticSegmenter"]
+__all__ = ["ImageClassifier", "SemanticSegmenter"]

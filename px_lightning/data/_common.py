@@ -1,0 +1,237 @@
+"""Shared pieces of the classification DataModules: errors, downloads, balanced scoring subsets, loaders.
+
+Example:
+    >>> indices = balanced_indices([0, 1, 0, 1, 2, 2], examples_per_class=1, num_classes=3)
+    >>> indices
+    [0, 1, 4]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+import urllib.request
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset (or a file of it) is not where the DataModule looks; the message says how to get it."""
+
+
+class CorruptDatasetError(ValueError):
+    """A dataset file exists but is damaged or not in the expected format; the message names the file."""
+
+
+def md5sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_and_extract(url: str, data_dir: str | Path, filename: str, md5: str) -> Path:
+    """Fetch ``url`` into ``data_dir/filename`` (unless a copy with the right MD5 is there), check the
+    MD5, and extract the archive (.tar.gz or .zip) into ``data_dir``. Returns the archive's path.
+
+    Any URL that ``urllib`` opens works (``https://``, ``file://``). A wrong MD5 deletes the download and
+    raises ``CorruptDatasetError``.
+
+    Example:
+        >>> download_and_extract(CIFAR10_URL, "data", "cifar-10-python.tar.gz", CIFAR10_MD5)
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = data_dir / filename
+    if not (archive.is_file() and md5sum(archive) == md5):
+        part = archive.with_name(archive.name + ".part")
+        try:
+            with urllib.request.urlopen(url) as response, open(part, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            raise DatasetNotFoundError(f"could not download {url} to {archive}: {e}") from e
+        got = md5sum(part)
+        if got != md5:
+            part.unlink(missing_ok=True)
+            raise CorruptDatasetError(
+                f"download of {url} has MD5 {got}, expected {md5}: the file is damaged or not the official "
+                "archive; it was deleted, try again"
+            )
+        part.replace(archive)
+    _extract(archive, data_dir)
+    return archive
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(dest)
+        else:
+            with tarfile.open(archive) as tf:
+                # filter="data" refuses absolute paths and links out of dest
+                tf.extractall(dest, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+        raise CorruptDatasetError(f"cannot extract {archive}: {e}; delete it and download again") from e
+
+
+def balanced_indices(targets: Sequence[int], examples_per_class: int, num_classes: int) -> list[int]:
+    """The first ``examples_per_class`` indices of each class, in dataset order (deterministic).
+
+    Raises ``ValueError`` naming the classes that have too few examples.
+
+    Example:
+        >>> balanced_indices([2, 0, 0, 1, 2, 1], 1, 3)
+        [0, 1, 3]
+    """
+    if (
+        isinstance(examples_per_class, bool)
+        or not isinstance(examples_per_class, int)
+        or examples_per_class < 1
+    ):
+        raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}")
+    picked: dict[int, list[int]] = {c: [] for c in range(num_classes)}
+    for i, t in enumerate(targets):
+        t = int(t)
+        if t in picked and len(picked[t]) < examples_per_class:
+            picked[t].append(i)
+    short = {c: len(v) for c, v in picked.items() if len(v) < examples_per_class}
+    if short:
+        shown = ", ".join(f"class {c}: {n}" for c, n in list(short.items())[:10])
+        raise ValueError(
+            f"examples_per_class={examples_per_class}, but the training set has fewer examples for "
+            f"{len(short)} class(es) ({shown}{' ...' if len(short) > 10 else ''}); lower examples_per_class"
+        )
+    return sorted(i for v in picked.values() for i in v)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as RGB; a file that fails to decode raises ``CorruptDatasetError`` naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(f"image {path} is missing") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptDatasetError(f"image {path} cannot be decoded ({e}); replace or remove it") from e
+
+
+def verify_images(paths: Sequence[str | Path], num_workers: int = 8) -> None:
+    """Decode every image; raise ``CorruptDatasetError`` listing the ones that fail."""
+
+    def _check(p: str | Path) -> str | None:
+        try:
+            load_rgb(p)
+        except (CorruptDatasetError, DatasetNotFoundError) as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        errors = [e for e in pool.map(_check, paths) if e]
+    if errors:
+        raise CorruptDatasetError(f"{len(errors)} image(s) failed to decode: " + "; ".join(errors[:5]))
+
+
+class ImageListDataset(Dataset):
+    """``(path, label)`` samples read as RGB PIL images, then ``transform``; errors name the file."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None) -> None:
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        img = load_rgb(path)
+        return (self.transform(img) if self.transform else img), label
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Common loaders for the classification DataModules: subclasses build ``self.train_set``,
+    ``self.val_set``, ``self.test_set`` (datasets with a ``targets`` list) and ``self.scoring_source``
+    (the training images with the evaluation transform) in ``setup``.
+
+    ``scoring_dataloader()`` gives the first ``examples_per_class`` training images of each class, in
+    dataset order, without augmentation: the same batches on every call and every rank.
+    """
+
+    num_classes: int
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 4,
+        examples_per_class: int = 10,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if (
+            isinstance(examples_per_class, bool)
+            or not isinstance(examples_per_class, int)
+            or examples_per_class < 1
+        ):
+            raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.examples_per_class = examples_per_class
+        self.pin_memory = pin_memory
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.scoring_source: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.setup() has not built the {split} set; call setup() first"
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
+    def scoring_indices(self) -> list[int]:
+        """Indices (into the training set) of the balanced scoring subset."""
+        if self.scoring_source is None:
+            self.setup("fit")
+        return balanced_indices(self.scoring_source.targets, self.examples_per_class, self.num_classes)
+
+    def scoring_dataloader(self) -> DataLoader:
+        """The class-balanced scoring subset: first ``examples_per_class`` of each class, no shuffling.
+
+        Example:
+            >>> inputs, targets = next(iter(dm.scoring_dataloader()))
+        """
+        indices = self.scoring_indices()
+        # No workers: the subset is small, and the order must not depend on worker scheduling.
+        return DataLoader(Subset(self.scoring_source, indices), batch_size=self.batch_size, shuffle=False)
