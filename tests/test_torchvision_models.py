@@ -1,0 +1,97 @@
+"""The pruning API on torchvision and segmentation-models-pytorch networks, unchanged (weights=None).
+
+Each model is pruned with PX and one other method; afterwards the caller's model must be exactly as it
+was: state_dict (BatchNorm statistics included), requires_grad, train/eval mode of every module, .grad
+and hooks. Inputs are tiny (batch 2, 32x32 or 64x64) so the file stays fast on a CPU.
+"""
+
+import warnings
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+import torchvision
+
+from px_lightning.pruning import find_masks, prunable_parameters
+
+
+def classifier_batch():
+    return [(torch.randn(2, 3, 32, 32), torch.tensor([1, 7]))]
+
+
+def segmentation_batch():
+    return [(torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))]
+
+
+CASES = {
+    "resnet50": (lambda: torchvision.models.resnet50(weights=None, num_classes=10), classifier_batch, "snip"),
+    # SynFlow rather than SNIP here: the 25088x4096 classifier makes each method cost seconds on a CPU
+    "vgg16_bn": (
+        lambda: torchvision.models.vgg16_bn(weights=None, num_classes=10),
+        classifier_batch,
+        "synflow",
+    ),
+    "mobilenet_v3_small": (
+        lambda: torchvision.models.mobilenet_v3_small(weights=None, num_classes=10),
+        classifier_batch,
+        "ntksap",
+    ),
+    "deeplabv3plus_resnet50": (
+        lambda: smp.DeepLabV3Plus(encoder_name="resnet50", encoder_weights=None, classes=3),
+        segmentation_batch,
+        "snip",
+    ),
+}
+
+
+def snapshot(model):
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "modes": {n: m.training for n, m in model.named_modules()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "hooks": {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()},
+    }
+
+
+def assert_same(before, after):
+    assert before["modes"] == after["modes"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["hooks"] == after["hooks"]
+    assert before["state"].keys() == after["state"].keys()
+    for k, v in before["state"].items():
+        assert torch.equal(v, after["state"][k]), k
+    for n, g in before["grads"].items():
+        now = after["grads"][n]
+        assert (g is None and now is None) or (g is not None and now is not None and torch.equal(g, now)), n
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_find_masks_leaves_caller_model_unchanged(name):
+    build, data, other = CASES[name]
+    torch.manual_seed(0)
+    model = build()
+    batches = data()
+    # A caller's state worth preserving: non-default BN statistics, mixed modes, a frozen tensor, a .grad,
+    # a hook.
+    with torch.no_grad():
+        model.train()
+        model(batches[0][0])  # moves every BatchNorm's running statistics off their defaults
+    model.eval()
+    first_conv = next(iter(prunable_parameters(model)))
+    model.get_parameter(first_conv).requires_grad_(False)
+    last = list(prunable_parameters(model))[-1]
+    model.get_parameter(last).grad = torch.full_like(model.get_parameter(last), 0.5)
+    list(model.modules())[1].train()
+    model.register_forward_hook(lambda module, inputs, output: None)
+    before = snapshot(model)
+    total = sum(model.get_parameter(n).numel() for n in prunable_parameters(model))
+    for method in ("px", other):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # layer collapse at this density is not the point here
+            options = {"seed": 0} if method == "ntksap" else {}
+            masks = find_masks(model, method, batches, density=0.1, rounds=1, **options)
+        assert set(masks) == set(prunable_parameters(model))
+        kept = sum(int(m.sum()) for m in masks.values())
+        assert abs(kept - 0.1 * total) <= 1, method
+        assert_same(before, snapshot(model))
