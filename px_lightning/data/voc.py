@@ -288,6 +288,8 @@ class VOCSegmentationDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (0 < scale_range[0] <= scale_range[1]):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
+        # Plain types in the hyper-parameters: checkpoints then load with torch.load(weights_only=True).
+        data_dir, scale_range = str(data_dir), tuple(float(v) for v in scale_range)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.batch_size, self.crop_size, self.download = batch_size, crop_size, download

@@ -80,6 +80,8 @@ class SemanticSegmenter(L.LightningModule):
         model_options: dict | None = None,
     ) -> None:
         super().__init__()
+        # A str, not a Path, in the hyper-parameters: checkpoints then load with weights_only=True.
+        pretrained = None if pretrained is None else str(pretrained)
         self.save_hyperparameters()
         for name, value in (("encoder_lr", encoder_lr), ("decoder_lr", decoder_lr)):
             if not value >= 0:
