@@ -47,8 +47,28 @@ class NTKSpectrum:
         return float("inf") if smallest <= 0 else float(self.eigenvalues[0]) / smallest
 
 
+def plain_parameters(model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter by its plain name (``layer.weight``), a masked tensor at its pre-mask value (detached).
+
+    Example:
+        >>> before = {n: t.clone() for n, t in plain_parameters(model).items()}   # a snapshot before pruning
+    """
+    values: dict[str, Tensor] = {}
+    for name, p in model.named_parameters():
+        plain = name
+        if name.endswith(".original") and "parametrizations." in name:
+            head, _, attr = name[: -len(".original")].rpartition("parametrizations.")
+            plain = head + attr
+        values[plain] = p.detach()
+    return values
+
+
 def _parameters(
-    model: nn.Module, masks: dict[str, Tensor] | None, dense: bool, params: str | Sequence[str]
+    model: nn.Module,
+    masks: dict[str, Tensor] | None,
+    dense: bool,
+    params: str | Sequence[str],
+    weights: dict[str, Tensor] | None = None,
 ) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
     """A plain copy of ``model`` for ``functional_call``, its differentiated tensors and their masks."""
     installed = get_masks(model)
@@ -58,13 +78,17 @@ def _parameters(
         raise ValueError("give masks or dense=True, not both: dense=True computes the kernel without masks")
     net = plain_copy(model)
     # The parametrized tensors' pre-mask values (``original``), so that dense=True sees the dense network.
-    values: dict[str, Tensor] = {}
-    for name, p in model.named_parameters():
-        plain = name
-        if name.endswith(".original") and "parametrizations." in name:
-            head, _, attr = name[: -len(".original")].rpartition("parametrizations.")
-            plain = head + attr
-        values[plain] = p.detach()
+    values = plain_parameters(model)
+    if weights:
+        unknown = [n for n in weights if n not in values]
+        if unknown:
+            raise ValueError(f"weights names {unknown[:5]} are not parameters of {type(model).__name__}")
+        for n, w in weights.items():
+            if tuple(w.shape) != tuple(values[n].shape):
+                raise ValueError(
+                    f"weights[{n!r}] has shape {tuple(w.shape)}, the parameter {tuple(values[n].shape)}"
+                )
+            values[n] = w.detach().to(values[n].device, values[n].dtype)
     if isinstance(params, str):
         if params not in _PARAMS:
             raise ValueError(f"params must be 'all', 'prunable' or a list of parameter names, got {params!r}")
@@ -106,6 +130,7 @@ def empirical_ntk(
     params: str | Sequence[str] = "all",
     chunk_size: int = 16,
     reduce_outputs: bool = False,
+    weights: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """The empirical NTK of ``model`` on ``inputs``: ``(N*K, N*K)`` (sample-major), or ``(N, N)``.
 
@@ -113,7 +138,9 @@ def empirical_ntk(
     (``{param_name: bool Tensor}``) default to the masks installed on the model; ``dense=True`` ignores
     them (the dense network with the same weights). ``params``: ``"all"`` trainable parameters,
     ``"prunable"`` (the weights pruning acts on) or a list of names. ``reduce_outputs=True`` sums over
-    the ``K`` outputs, giving the ``(N, N)`` kernel ``sum_k J_k J_k^T`` (same trace).
+    the ``K`` outputs, giving the ``(N, N)`` kernel ``sum_k J_k J_k^T`` (same trace). ``weights``
+    (``{param_name: Tensor}``, plain names) replace the model's parameter values, e.g. a snapshot of the
+    weights before pruning (``plain_parameters``), since pruning zeroes the pruned entries.
 
     Example:
         >>> K = empirical_ntk(model, torch.randn(8, 3, 32, 32), chunk_size=4)   # (80, 80) for 10 classes
@@ -126,7 +153,7 @@ def empirical_ntk(
     x, _ = batch_inputs(inputs, ref)
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"inputs must hold at least one sample, got shape {tuple(x.shape)}")
-    net, tensors, mask_of = _parameters(model, masks, dense, params)
+    net, tensors, mask_of = _parameters(model, masks, dense, params, weights)
     net.eval()
     diff = {k[1:]: v for k, v in tensors.items() if k.startswith("\0")}
     fixed = {k: v for k, v in tensors.items() if not k.startswith("\0")}
@@ -232,4 +259,4 @@ def compare_spectra(
     }
 
 
-__all__ = ["NTKSpectrum", "compare_spectra", "empirical_ntk", "ntk_spectrum", "spectrum"]
+__all__ = ["NTKSpectrum", "compare_spectra", "empirical_ntk", "ntk_spectrum", "plain_parameters", "spectrum"]

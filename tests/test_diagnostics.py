@@ -1,10 +1,18 @@
-"""The empirical NTK against a brute-force Jacobian, and its behaviour on masked networks."""
+"""The empirical NTK against a brute-force Jacobian, its behaviour on masked networks, and the TensorBoard
+diagnostics callback in a real fit, read back from the real event file."""
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from px_lightning.callbacks import ForesightPruningCallback, PruningDiagnosticsCallback
+from px_lightning.data import DigitsDataModule
 from px_lightning.diagnostics import compare_spectra, empirical_ntk, ntk_spectrum, spectrum
+from px_lightning.models.small_cnn import SmallCNN
+from px_lightning.modules import ImageClassifier
 from px_lightning.pruning import apply_masks, find_masks, get_masks
 
 
@@ -148,3 +156,84 @@ def test_bad_arguments_are_named():
         compare_spectra(model, x)
     with pytest.raises(ValueError, match="dense=True"):
         empirical_ntk(model, x, masks={}, dense=True)
+
+
+# -- PruningDiagnosticsCallback ---------------------------------------------------------------------
+
+
+def events(log_dir):
+    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def fit(tmp_path, diagnostics, max_epochs=1, pruning=True):
+    torch.manual_seed(0)
+    module = ImageClassifier(SmallCNN(10, widths=(4, 8)), num_classes=10)
+    callbacks = [diagnostics]  # before the pruning callback: it must still see the pruned network
+    if pruning:
+        callbacks.append(ForesightPruningCallback("px", density=0.2, rounds=2, verbose=False))
+    logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    dense = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32, examples_per_class=2))
+    return module, logger.log_dir, dense
+
+
+def test_logs_density_scores_and_ntk_to_a_real_event_file(tmp_path):
+    diag = PruningDiagnosticsCallback(every_n_epochs=1, num_samples=6, top_k=3, chunk_size=3)
+    module, log_dir, dense = fit(tmp_path, diag, max_epochs=2)
+    acc = events(log_dir)
+    tags = acc.Tags()
+    assert "diagnostics/layer_density" in tags["images"] and "ntk/spectrum" in tags["images"]
+    # Logged at train start (step 0) and after each of the two epochs (steps 2 and 4).
+    assert [e.step for e in acc.Scalars("diagnostics/density")] == [0, 2, 4]
+    density = acc.Scalars("diagnostics/density")[0].value
+    masks = get_masks(module)
+    kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert density == pytest.approx(kept, rel=1e-6) and density < 0.25
+    hist = [t for t in tags["histograms"] if t.startswith("diagnostics/scores/")]
+    assert "diagnostics/scores/all" in hist and "diagnostics/scores/model.fc.weight" in hist
+    # The first NTK record compares the pruned network with the dense one at initialisation.
+    x = diag._batch[0][:6]
+    masked0 = acc.Scalars("ntk/masked_trace")[0].value
+    dense0 = acc.Scalars("ntk/dense_trace")[0].value
+    plain_dense = ImageClassifier(SmallCNN(10, widths=(4, 8)), num_classes=10)
+    plain_dense.load_state_dict(dense)
+    expected_dense = spectrum(empirical_ntk(plain_dense, x)).trace
+    assert dense0 == pytest.approx(expected_dense, rel=1e-4)
+    assert acc.Scalars("ntk/trace_ratio")[0].value == pytest.approx(masked0 / dense0, rel=1e-5)
+    assert 0 < masked0 < dense0
+    # The dense reference stays the same; the masked kernel changes as the sparse network trains.
+    assert len({round(e.value, 3) for e in acc.Scalars("ntk/dense_trace")}) == 1
+    assert acc.Scalars("ntk/masked_trace")[-1].value != pytest.approx(masked0, rel=1e-6)
+    assert len(acc.Scalars("ntk/top_eig_ratio/2")) == 3
+
+
+def test_refuses_a_trainer_without_tensorboard_or_masks(tmp_path):
+    module = ImageClassifier(SmallCNN(10, widths=(4, 8)), num_classes=10)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        callbacks=[PruningDiagnosticsCallback(log_scores=False)],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ValueError, match="TensorBoardLogger"):
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    with pytest.raises(ValueError, match="ForesightPruningCallback"):
+        fit(tmp_path, PruningDiagnosticsCallback(), pruning=False)
+    with pytest.raises(RuntimeError, match="no pruning masks"):
+        fit(tmp_path, PruningDiagnosticsCallback(log_scores=False), pruning=False)
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        PruningDiagnosticsCallback(every_n_epochs=0)

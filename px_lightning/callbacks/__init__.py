@@ -1,5 +1,6 @@
 """Lightning callbacks: the pruning callback and diagnostics logging."""
 
+from .diagnostics import PruningDiagnosticsCallback
 from .foresight import ForesightPruningCallback
 
-__all__ = ["ForesightPruningCallback"]
+__all__ = ["ForesightPruningCallback", "PruningDiagnosticsCallback"]
