@@ -1,0 +1,340 @@
+"""Quality benchmark: test accuracy against density for every pruning method, on Digits, on the CPU.
+
+Two models with BatchNorm (a small CNN and a small CIFAR-style ResNet), pruned at initialisation by each
+method at each density, three seeds, then trained identically (same steps, optimiser, schedule, batches
+per seed). Digits (scikit-learn's 8x8 digits, 1797 images, upsampled bilinearly to ``--size`` pixels, 16
+by default to fit the shared CPU, three channels) ships with scikit-learn, so nothing is downloaded. Each run appends one JSON line to ``--out``; an interrupted
+benchmark resumes where it stopped, and ``--report`` rebuilds the table and the plot from that file.
+
+    python benchmarks/quality.py                      # full run (~35 min on one shared CPU core)
+    python benchmarks/quality.py --report             # table + plot from benchmarks/quality_results.jsonl
+    python benchmarks/quality.py --models cnn --methods random px --densities 0.05 --seeds 0 --steps 20
+
+Iterative methods (SynFlow, NTK-SAP, PX and its options) run ``--rounds`` rounds (10 here, where PX and
+SynFlow publish 100 and NTK-SAP 20), to fit the CPU budget; SNIP, GraSP, magnitude and random are one-shot.
+Training is short (``--steps`` 80 SGD steps of 64 images, about 3.5 epochs, one-cycle learning rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from px_lightning.models.cifar_resnet import CifarResNet
+from px_lightning.models.small_cnn import SmallCNN
+from px_lightning.pruning import apply_masks, find_masks, sparsity_report
+from px_lightning.pruning.scorers import SCORERS
+
+HERE = Path(__file__).resolve().parent
+DENSITIES = (0.05, 0.02, 0.01, 0.005)
+
+# name -> (method, options). "px" is the library default (kernel_norm="eval"); "px_train" the published code.
+METHODS: dict[str, tuple[str | None, dict]] = {
+    "dense": (None, {}),
+    "random": ("random", {}),
+    "magnitude": ("magnitude", {}),
+    "snip": ("snip", {}),
+    "grasp": ("grasp", {}),
+    "synflow": ("synflow", {}),
+    "ntksap": ("ntksap", {}),
+    "px": ("px", {}),
+    "px_train": ("px", {"kernel_norm": "train"}),
+    "px_head_body": ("px", {"head": "body"}),
+    "px_dense_head": ("px", {"dense_head": True}),
+    "px_floor0.2": ("px", {"layer_floor": 0.2}),
+    "px_bn_warmup": ("px", {"bn_warmup": True}),
+}
+SEEDED = {"random", "ntksap"}  # methods that draw random numbers: seeded with the run's seed
+ITERATIVE = {"synflow", "ntksap", "px"}
+
+
+def build_model(name: str) -> nn.Module:
+    if name == "cnn":
+        return SmallCNN(
+            10
+        )  # the quickstart CNN: 94k prunable weights (head 1.4%), BatchNorm after every conv
+    if name == "resnet":
+        return CifarResNet(depth=8, width=12)  # ResNet-8, width 12: 44k prunable weights (head 1.1%)
+    raise ValueError(f"unknown model {name!r}: use 'cnn' or 'resnet'")
+
+
+def digits(
+    size: int = 16, split_seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stratified 80/20 split of scikit-learn's digits, upsampled to 3 x size x size and standardised."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    y = torch.tensor(data.target)
+    idx = np.arange(len(y))
+    train_idx, test_idx = train_test_split(idx, test_size=0.2, stratify=data.target, random_state=split_seed)
+    mean, std = x[train_idx].mean(), x[train_idx].std()
+    x = (x - mean) / std
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+def scoring_batch(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int) -> list:
+    """A class-balanced batch of ``per_class`` training images per class (the same for every method)."""
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.nonzero(y == c).flatten() for c in range(10)]
+    idx = torch.cat([p[torch.randperm(len(p), generator=g)[:per_class]] for p in picks])
+    return [(x[idx], y[idx])]
+
+
+def train(model: nn.Module, x, y, steps: int, batch: int, lr: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    model.train()
+    order = torch.randperm(len(y), generator=g)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch > len(y):
+            order, pos = torch.randperm(len(y), generator=g), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x, y) -> float:
+    model.eval()
+    return float((model(x).argmax(1) == y).float().mean())
+
+
+def run_one(model_name: str, method_name: str, density: float, seed: int, data, args) -> dict:
+    x_train, y_train, x_test, y_test = data
+    torch.manual_seed(seed)
+    model = build_model(model_name)
+    method, options = METHODS[method_name]
+    record = {"model": model_name, "method": method_name, "density": density, "seed": seed}
+    start = time.perf_counter()
+    if method is not None:
+        options = dict(options)
+        if method_name in SEEDED:
+            options["seed"] = seed
+        rounds = args.rounds if method in ITERATIVE else 1
+        batches = scoring_batch(x_train, y_train, args.per_class, seed)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # collapse is recorded below, from the masks
+                masks = find_masks(model, method, batches, density=density, rounds=rounds, **options)
+        except (RuntimeError, ValueError) as err:  # e.g. all-zero scores of px_train on BatchNorm
+            return {
+                **record,
+                "error": f"{type(err).__name__}: {err}"[:300],
+                "prune_s": time.perf_counter() - start,
+            }
+        apply_masks(model, masks)
+        report = sparsity_report(model)
+        record["total_density"] = report["density"]
+        record["layers"] = {n: v["density"] for n, v in report["layers"].items()}
+        record["collapsed"] = [n for n, v in report["layers"].items() if v["collapsed"]]
+    record["prune_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    train(model, x_train, y_train, args.steps, args.batch, args.lr, seed)
+    record["train_s"] = time.perf_counter() - start
+    record["accuracy"] = accuracy(model, x_test, y_test)
+    return record
+
+
+def load(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _short(layer: str) -> str:
+    return layer.removesuffix(".weight")
+
+
+def report(records: list[dict], plot: Path | None) -> str:
+    """Markdown: accuracy (mean ± std over seeds) per method and density, per model; then per-layer densities."""
+    lines = []
+    models = [m for m in ("cnn", "resnet") if any(r["model"] == m for r in records)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
+    densities = sorted({r["density"] for r in records if r["method"] != "dense"}, reverse=True)
+    summary: dict = {}
+    for model in models:
+        lines.append(
+            f"\n**{model}** — test accuracy (%), mean ± std over seeds; `cK` = K runs with a collapsed layer"
+        )
+        lines.append("")
+        lines.append("| method | " + " | ".join(f"d={d:g}" for d in densities) + " |")
+        lines.append("| --- |" + " --- |" * len(densities))
+        for method in methods:
+            cells = []
+            for d in densities:
+                rs = [
+                    r
+                    for r in records
+                    if r["model"] == model
+                    and r["method"] == method
+                    and (method == "dense" or r["density"] == d)
+                ]
+                accs = [100 * r["accuracy"] for r in rs if "accuracy" in r]
+                errors = sum("error" in r for r in rs)
+                collapsed = sum(bool(r.get("collapsed")) for r in rs)
+                if not rs:
+                    cells.append("–")
+                    continue
+                cell = f"{statistics.mean(accs):.1f} ± {statistics.pstdev(accs):.1f}" if accs else "n/a"
+                if collapsed:
+                    cell += f" c{collapsed}"
+                if errors:
+                    cell += f" ({errors} failed)"
+                cells.append(cell)
+                summary[(model, method, d)] = accs
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        # Per-layer densities at the lowest density, mean over seeds; 0 = collapsed in every seed.
+        d = min(densities)
+        rs = [r for r in records if r["model"] == model and r["density"] == d and "layers" in r]
+        if rs:
+            layers = list(rs[0]["layers"])
+            lines.append("")
+            lines.append(
+                f"Per-layer kept fraction (%) at d={d:g}, mean over seeds; **bold 0** = collapsed in every seed, "
+                "`*` = collapsed in some seed"
+            )
+            lines.append("")
+            lines.append("| method | total | " + " | ".join(_short(n) for n in layers) + " |")
+            lines.append("| --- |" + " --- |" * (len(layers) + 1))
+            for method in methods:
+                mrs = [r for r in rs if r["method"] == method]
+                if not mrs:
+                    continue
+                cells = [f"{100 * statistics.mean(r['total_density'] for r in mrs):.2f}"]
+                for n in layers:
+                    vals = [r["layers"][n] for r in mrs]
+                    if all(v == 0 for v in vals):
+                        cells.append("**0**")
+                    else:
+                        cells.append(
+                            f"{100 * statistics.mean(vals):.2f}" + ("*" if any(v == 0 for v in vals) else "")
+                        )
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if plot is not None and summary:
+        _plot(records, models, methods, densities, plot)
+    return "\n".join(lines)
+
+
+def _plot(records, models, methods, densities, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for i, method in enumerate(methods):
+            style = "-" if method.startswith("px") else "--"
+            means, stds, ds = [], [], []
+            for d in densities:
+                accs = [
+                    100 * r["accuracy"]
+                    for r in records
+                    if r["model"] == model
+                    and r["method"] == method
+                    and (method == "dense" or r["density"] == d)
+                    and "accuracy" in r
+                ]
+                if accs:
+                    ds.append(d)
+                    means.append(statistics.mean(accs))
+                    stds.append(statistics.pstdev(accs))
+            if not ds:
+                continue
+            if method == "dense":
+                ax.axhline(means[0], color="black", lw=1, ls=":", label="dense")
+                continue
+            ax.errorbar(
+                ds,
+                means,
+                yerr=stds,
+                ls=style,
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=method,
+                color=plt.cm.tab20(i % 20),
+            )
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("density (fraction of weights kept)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Digits (upsampled), {model}: mean ± std over seeds")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["cnn", "resnet"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of the iterative methods")
+    parser.add_argument("--steps", type=int, default=80, help="SGD steps of training (same for every run)")
+    parser.add_argument("--size", type=int, default=16, help="image side after upsampling the 8x8 digits")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--per-class", type=int, default=5, help="scoring images per class")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=HERE / "quality_results.jsonl")
+    parser.add_argument("--plot", type=Path, default=HERE / "quality_digits.png")
+    parser.add_argument("--report", action="store_true", help="only rebuild the table and plot from --out")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown --methods {unknown}; known: {', '.join(METHODS)}")
+    if "ntksap" in args.methods and "ntksap" not in SCORERS:
+        print("ntksap is not available in this checkout: skipped", file=sys.stderr)
+        args.methods = [m for m in args.methods if m != "ntksap"]
+    torch.set_num_threads(args.threads)
+    if not args.report:
+        data = digits(args.size)
+        done = {(r["model"], r["method"], r["density"], r["seed"]) for r in load(args.out)}
+        t0 = time.perf_counter()
+        for model_name in args.models:
+            for seed in args.seeds:
+                for method_name in args.methods:
+                    for density in [1.0] if method_name == "dense" else args.densities:
+                        key = (model_name, method_name, density, seed)
+                        if key in done:
+                            continue
+                        record = run_one(model_name, method_name, density, seed, data, args)
+                        with args.out.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        acc = record.get("accuracy", math.nan)
+                        print(
+                            f"[{time.perf_counter() - t0:7.0f}s] {model_name} {method_name} d={density:g} "
+                            f"seed={seed} acc={acc:.3f} prune={record['prune_s']:.1f}s "
+                            f"train={record.get('train_s', 0):.1f}s {record.get('error', '')}",
+                            flush=True,
+                        )
+    print(report(load(args.out), args.plot))
+
+
+if __name__ == "__main__":
+    main()
