@@ -305,3 +305,33 @@ def test_spawning_ddp_refused_at_setup(tmp_path):
     callback = ForesightPruningCallback(method="magnitude", density=0.5)
     with pytest.raises(ValueError, match="ddp_spawn.*Use strategy='ddp'"):
         callback.setup(trainer, LitClassifier(), stage="fit")
+
+
+def test_built_from_a_lightningcli_style_yaml_config():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--callback", type=ForesightPruningCallback)
+    config = parser.parse_string(
+        """
+callback:
+  class_path: px_lightning.callbacks.ForesightPruningCallback
+  init_args:
+    method: px
+    sparsity: 0.98
+    rounds: 100
+    scope: local
+    exclude: [net.fc]
+    method_options: {kernel_norm: eval}
+"""
+    )
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    callback = instantiate(config).callback
+    assert isinstance(callback, ForesightPruningCallback)
+    assert callback.density == pytest.approx(0.02) and callback.rounds == 100 and callback.scope == "local"
+    assert callback.exclude == ["net.fc"] and callback.scorer.kernel_norm == "eval"
+    with pytest.raises(Exception, match=r'"scope"[\s\S]*Literal'):
+        parser.parse_string(
+            "callback:\n  class_path: px_lightning.callbacks.ForesightPruningCallback\n"
+            "  init_args: {density: 0.1, scope: everywhere}\n"
+        )

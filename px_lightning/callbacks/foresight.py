@@ -283,6 +283,12 @@ class ForesightPruningCallback(Callback):
                     "gives each rank whole batches; raise num_batches (or the scoring_dataloader's size) to "
                     "at least the world size, or set distributed_scoring='replicate'"
                 )
+            if any(isinstance(m, nn.SyncBatchNorm) for m in pl_module.modules()):
+                raise ValueError(
+                    "distributed_scoring='shard' with SyncBatchNorm would mix different ranks' scoring batches "
+                    "in the normalisation statistics (and hang on unequal shares): set "
+                    "distributed_scoring='replicate', or train without sync_batchnorm"
+                )
             _check_same_batches(batches)
             mine = batches[trainer.global_rank :: trainer.world_size]
             reduce_scores = _all_reduce_sum
