@@ -335,3 +335,15 @@ callback:
             "callback:\n  class_path: px_lightning.callbacks.ForesightPruningCallback\n"
             "  init_args: {density: 0.1, scope: everywhere}\n"
         )
+
+
+def test_fsdp_refused_with_a_clear_message():
+    # FSDP needs a GPU to build a Trainer, so the refusal is checked on a real FSDPStrategy object alone.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(
+        TypeError, match="FSDPStrategy.*mask parametrizations cannot be carried.*strategy='ddp'"
+    ):
+        ForesightPruningCallback._check_strategy(SimpleNamespace(strategy=FSDPStrategy()))
