@@ -130,6 +130,11 @@ def test_validation_miou_is_the_epoch_confusion_matrix_miou(tmp_path, data_dir, 
     # A second epoch starts from an empty confusion matrix: same value again.
     (again,) = trainer.validate(model, datamodule=dm)
     assert again["val/mIoU"] == pytest.approx(miou, abs=1e-5)
+    # predict gives the class maps the metrics were computed from.
+    if val_mode == "full":
+        preds = trainer.predict(model, datamodule=dm)
+        x, _ = next(iter(dm.val_dataloader()))
+        assert preds[0].shape == (1, *x.shape[-2:]) and torch.equal(preds[0], model(x).argmax(1))
 
 
 def test_forward_any_size_and_loss_ignores_255():

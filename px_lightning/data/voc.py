@@ -372,6 +372,10 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         """The val split: VOC 2012 test labels are not public."""
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> DataLoader:
+        """The val split, as validation reads it (``(image, mask)`` pairs)."""
+        return self.val_dataloader()
+
     def scoring_dataloader(self) -> DataLoader:
         """``scoring_batches`` batches of training images for pruning: center crops (no random
         augmentation) of images drawn with ``scoring_seed``, so every rank and rerun scores on the same data.

@@ -162,6 +162,11 @@ class SemanticSegmenter(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """Class maps ``(N, H, W)`` for a batch of images or of ``(images, masks)`` pairs."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).argmax(1)
+
     def on_validation_epoch_start(self) -> None:
         self._overlays, self._seen = [], 0
 
