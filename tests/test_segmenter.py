@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torchvision
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,6 +94,14 @@ def test_fit_with_px_on_pretrained_deeplabv3plus_resnet50(tmp_path, data_dir):
     assert sorted(events.Tags()["images"]) == ["val/overlay/0"]  # one validation batch (of 1) run
     first = events.Images("val/overlay/0")[-1]
     assert (first.height, first.width) == (60, 3 * 80)  # the first val image is 60x80, full size
+    panel = np.asarray(Image.open(io.BytesIO(first.encoded_image_string)).convert("RGB")).astype(int)
+    image, labels = dm.val_set.read(0)
+    image = np.asarray(image).astype(int)
+    assert np.abs(panel[:, :80] - image).max() <= 2  # left: the image itself (up to float/uint8 rounding)
+    ignored, background = labels == 255, labels == 0
+    assert np.abs(panel[:, 80:160][ignored] - image[ignored]).max() <= 2  # 255 pixels are left unpainted
+    # Background (class 0, colour black in the VOC map) blended at alpha 0.5 halves the image.
+    assert np.abs(panel[:, 80:160][background] - image[background] / 2).max() <= 2
 
     # The checkpoint restores the pruned model without reading the pre-trained file again.
     trainer.save_checkpoint(tmp_path / "pruned.ckpt")
@@ -102,8 +112,10 @@ def test_fit_with_px_on_pretrained_deeplabv3plus_resnet50(tmp_path, data_dir):
         assert torch.equal(weight, model.get_submodule(name.rsplit(".", 1)[0]).weight), name
 
 
-def _confusion_miou(model: SemanticSegmenter, loader, num_classes: int = 21) -> tuple[float, float]:
-    """mIoU and pixel accuracy re-computed with numpy from a confusion matrix over the whole loader."""
+def _confusion_miou(
+    model: SemanticSegmenter, loader, num_classes: int = 21
+) -> tuple[float, float, np.ndarray]:
+    """mIoU, pixel accuracy and per-class IoU (NaN: class absent) re-computed with numpy from a confusion matrix over the whole loader."""
     conf = np.zeros((num_classes, num_classes), np.int64)
     model.eval()
     with torch.no_grad():
@@ -113,8 +125,8 @@ def _confusion_miou(model: SemanticSegmenter, loader, num_classes: int = 21) -> 
             np.add.at(conf, (y[keep].numpy(), pred[keep].numpy()), 1)
     tp = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - tp
-    iou = tp[union > 0] / union[union > 0]
-    return float(iou.mean()), float(tp.sum() / conf.sum())
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    return float(np.nanmean(iou)), float(tp.sum() / conf.sum()), iou
 
 
 @pytest.mark.parametrize("val_mode", ["full", "center_crop"])
@@ -124,8 +136,12 @@ def test_validation_miou_is_the_epoch_confusion_matrix_miou(tmp_path, data_dir, 
     dm = VOCSegmentationDataModule(data_dir, batch_size=2, crop_size=40, num_workers=0, val_mode=val_mode)
     trainer = _trainer(tmp_path)
     (result,) = trainer.validate(model, datamodule=dm)
-    miou, acc = _confusion_miou(model, dm.val_dataloader())
+    miou, acc, per_class = _confusion_miou(model, dm.val_dataloader())
     assert result["val/mIoU"] == pytest.approx(miou, abs=1e-5)
+    logged = {k.removeprefix("val/iou/"): v for k, v in result.items() if k.startswith("val/iou/")}
+    expected = {model.class_names[c]: v for c, v in enumerate(per_class) if not np.isnan(v)}
+    assert logged.keys() == expected.keys() and len(expected) < 21  # absent classes are not logged
+    assert all(logged[k] == pytest.approx(v, abs=1e-5) for k, v in expected.items())
     assert result["val/pixel_acc"] == pytest.approx(acc, abs=1e-5)
     # A second epoch starts from an empty confusion matrix: same value again.
     (again,) = trainer.validate(model, datamodule=dm)
