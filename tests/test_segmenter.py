@@ -190,5 +190,7 @@ def test_bad_arguments():
         SemanticSegmenter(arch="unet", encoder="resnet18", output_stride=8)
     with pytest.raises(ValueError, match="unknown encoder"):
         SemanticSegmenter(encoder="resnet5000")
+    with pytest.raises(ValueError, match="pretrained_format must be one of"):
+        SemanticSegmenter(encoder="resnet18", pretrained_format="torchvison")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         SemanticSegmenter(encoder="resnet18", pretrained="missing.pth")

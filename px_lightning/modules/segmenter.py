@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ..models.pretrained import PretrainedReport, load_pretrained_encoder
+from ..models.pretrained import PRETRAINED_FORMATS, PretrainedReport, load_pretrained_encoder
 from ..models.segmentation import create_segmentation_model
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,6 +83,10 @@ class SemanticSegmenter(L.LightningModule):
         # A str, not a Path, in the hyper-parameters: checkpoints then load with weights_only=True.
         pretrained = None if pretrained is None else str(pretrained)
         self.save_hyperparameters()
+        if pretrained_format not in PRETRAINED_FORMATS:  # checked even without a file: never ignored
+            raise ValueError(
+                f"pretrained_format must be one of {PRETRAINED_FORMATS}, got {pretrained_format!r}"
+            )
         for name, value in (("encoder_lr", encoder_lr), ("decoder_lr", decoder_lr)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
