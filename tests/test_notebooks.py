@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_notebooks_are_present():
     names = {p.name for p in NOTEBOOKS}
-    assert {"01_quickstart.ipynb", "02_ntk_spectrum.ipynb"} <= names, names
+    assert {"01_quickstart.ipynb", "02_ntk_spectrum.ipynb", "03_segmentation.ipynb"} <= names, names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
