@@ -9,6 +9,7 @@ printed too.
 
 Usage:
     python benchmarks/masked_training.py                 # batch 128, 4 blocks of 2 steps each
+    python benchmarks/masked_training.py --profile      # also torch.profiler per-operator totals
     python benchmarks/masked_training.py --blocks 6 --threads 2
 """
 
@@ -58,12 +59,28 @@ def _parametrization_time(model, repeats: int = 20) -> float:
     return (time.process_time() - start) / repeats
 
 
+def _profiled_cpu(model, optimizer, x, y, steps: int = 2) -> tuple[float, float]:
+    """Self-CPU seconds per step of all operators, and of the elementwise ops the masks add (mul, to-dtype copy)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            _step(model, optimizer, x, y)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
+    elementwise = (
+        sum(e.self_cpu_time_total for e in events if e.key in ("aten::mul", "aten::copy_")) / 1e6 / steps
+    )
+    return total, elementwise
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--blocks", type=int, default=4, help="alternating dense/masked blocks")
     parser.add_argument("--steps", type=int, default=2, help="training steps per block")
+    parser.add_argument("--profile", action="store_true", help="also compare torch.profiler self-CPU totals")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1: CPU time = work)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -112,6 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"  masked weights + their gradients alone: {param_s * 1e3:.2f} ms/step "
         f"({100 * result['parametrization_share']:.2f}% of a dense step)"
     )
+    if args.profile:
+        prof = {k: _profiled_cpu(models[k], optimizers[k], x, y) for k in models}
+        result["profiled_ratio"] = prof["masked"][0] / prof["dense"][0]
+        print(
+            f"  torch.profiler, self-CPU per step: dense {prof['dense'][0] * 1e3:.0f} ms, masked "
+            f"{prof['masked'][0] * 1e3:.0f} ms, ratio {result['profiled_ratio']:.4f}; aten::mul + aten::copy_: "
+            f"dense {prof['dense'][1] * 1e3:.1f} ms, masked {prof['masked'][1] * 1e3:.1f} ms"
+        )
     return result
 
 

@@ -204,6 +204,16 @@ def test_load_from_checkpoint_predicts_like_the_saving_module(tmp_path):
     for name, mask in get_masks(module).items():
         mod_name, _, attr = name.rpartition(".")
         assert bool((getattr(fresh.get_submodule(mod_name), attr)[~mask] == 0).all())
+    # The plain-key checkpoint also loads strictly back into the parametrized module (the callback's
+    # load_state_dict pre-hook), e.g. for trainer.test(ckpt_path=...) after the fit.
+    masks_before = get_masks(module)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(1.0)
+    module.load_state_dict(torch.load(ckpt, weights_only=False)["state_dict"], strict=True)
+    with torch.no_grad():
+        assert torch.equal(module(x), fresh(x))
+    assert all(torch.equal(masks_before[n], m) for n, m in get_masks(module).items())
 
 
 def test_make_permanent_and_reshuffle(tmp_path):
@@ -347,3 +357,17 @@ def test_fsdp_refused_with_a_clear_message():
         TypeError, match="FSDPStrategy.*mask parametrizations cannot be carried.*strategy='ddp'"
     ):
         ForesightPruningCallback._check_strategy(SimpleNamespace(strategy=FSDPStrategy()))
+
+
+def test_callback_reused_on_a_new_module_prunes_it_afresh(tmp_path):
+    scorer = CountingPX()
+    callback = ForesightPruningCallback(method=scorer, density=0.3, rounds=2, num_batches=1)
+    pl.seed_everything(8)
+    first, second = LitClassifier(), LitClassifier()
+    for module in (first, first, second):  # the same module again: its masks kept, no rescoring
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[callback])
+        trainer.fit(module, datamodule=TensorDataModule(make_tensors(16)))
+    assert scorer.calls == 4  # two rounds for each of the two modules
+    masks1, masks2 = get_masks(first), get_masks(second)
+    assert any(not torch.equal(masks1[n], masks2[n]) for n in masks1)
+    assert all(torch.equal(callback._masks[n], masks2[n]) for n in masks2)

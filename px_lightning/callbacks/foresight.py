@@ -197,12 +197,21 @@ class ForesightPruningCallback(Callback):
         self._loader = _PlainKeyLoader()
         self._hook_handle = None
         self._source = ""
+        self._module_id: int | None = None  # the module of the last fit (same module: masks kept)
 
     # ---------------------------------------------------------------- setup: placeholders before the wrap
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self._check_strategy(trainer)
+        if self._module_id != id(pl_module):
+            # Another module than the last fit's (the callback reused in a sweep): its own pruning, its own
+            # hook. A checkpoint's masks, if this is a resume, are loaded after setup.
+            self._masks = None
+            if self._hook_handle is not None:
+                self._hook_handle.remove()
+                self._hook_handle = None
+            self._module_id = id(pl_module)
         existing = get_masks(pl_module)
         targets = list(prunable_parameters(pl_module, self.include, self.exclude))
         placeholders = {}
