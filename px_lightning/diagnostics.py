@@ -69,8 +69,9 @@ def _parameters(
     dense: bool,
     params: str | Sequence[str],
     weights: dict[str, Tensor] | None = None,
-) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
-    """A plain copy of ``model`` for ``functional_call``, its differentiated tensors and their masks."""
+) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """A plain copy of ``model`` for ``functional_call``, the differentiated tensors, the fixed (masked)
+    ones, and the masks of the differentiated ones."""
     installed = get_masks(model)
     if masks is None:
         masks = {} if dense else installed
@@ -118,7 +119,7 @@ def _parameters(
     # Fixed (non-differentiated) tensors still see their masks in the forward pass.
     fixed = {n: v * masks[n].to(v.device, v.dtype) if n in masks else v for n, v in fixed.items()}
     mask_of = {n: masks[n].to(values[n].device, values[n].dtype) for n in names if n in masks}
-    return net, {**fixed, **{f"\0{n}": v for n, v in diff.items()}}, mask_of
+    return net, diff, fixed, mask_of
 
 
 def empirical_ntk(
@@ -153,10 +154,8 @@ def empirical_ntk(
     x, _ = batch_inputs(inputs, ref)
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"inputs must hold at least one sample, got shape {tuple(x.shape)}")
-    net, tensors, mask_of = _parameters(model, masks, dense, params, weights)
+    net, diff, fixed, mask_of = _parameters(model, masks, dense, params, weights)
     net.eval()
-    diff = {k[1:]: v for k, v in tensors.items() if k.startswith("\0")}
-    fixed = {k: v for k, v in tensors.items() if not k.startswith("\0")}
     buffers = dict(net.named_buffers())
 
     def f(theta: dict[str, Tensor], sample: Tensor) -> Tensor:
