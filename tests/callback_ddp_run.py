@@ -2,7 +2,8 @@
 
 Launched by ``tests/test_callback_ddp.py`` as ``python tests/callback_ddp_run.py OUT_DIR``; Lightning's DDP
 launcher starts the second rank by running this script again. Each rank writes ``OUT_DIR/<mode>_rank<r>.pt``
-with its masks, its final state dict and the buffers DDP broadcasts at each step.
+with its masks, its final state dict and the buffers DDP broadcasts at each step; after the shard fit,
+a checkpoint is resumed in a third fit (``OUT_DIR/resumed_rank<r>.pt``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,25 @@ class _RecordDDPBuffers(pl.Callback):
         self.synced = list(ddp.named_module_buffers) if ddp.will_sync_module_buffers() else []
 
 
+def _trainer(out_dir: Path, callbacks: list, max_steps: int) -> pl.Trainer:
+    return pl.Trainer(
+        callbacks=callbacks,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )
+
+
+def _data() -> ScoringDataModule:
+    return ScoringDataModule(make_tensors(64), scoring=scoring_set())
+
+
 def main(out_dir: Path) -> None:
     for mode in ("shard", "replicate"):
         pl.seed_everything(0)
@@ -43,19 +63,8 @@ def main(out_dir: Path) -> None:
         callback = ForesightPruningCallback(
             method=scorer, density=DENSITY, rounds=ROUNDS, distributed_scoring=mode, verbose=False
         )
-        trainer = pl.Trainer(
-            callbacks=[callback, recorder],
-            accelerator="cpu",
-            devices=2,
-            strategy="ddp",
-            max_steps=3,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=str(out_dir),
-        )
-        trainer.fit(module, datamodule=ScoringDataModule(make_tensors(64), scoring=scoring_set()))
+        trainer = _trainer(out_dir, [callback, recorder], max_steps=3)
+        trainer.fit(module, datamodule=_data())
         torch.save(
             {
                 "masks": get_masks(module),
@@ -66,6 +75,20 @@ def main(out_dir: Path) -> None:
             },
             out_dir / f"{mode}_rank{trainer.global_rank}.pt",
         )
+        if mode == "shard":  # resume under DDP: a checkpoint (written by rank 0) into a fresh module
+            trainer.save_checkpoint(out_dir / "shard.ckpt")
+            pl.seed_everything(5)
+            resumed_scorer = CountingPX()
+            resumed = LitClassifier()
+            callback = ForesightPruningCallback(
+                method=resumed_scorer, density=DENSITY, rounds=ROUNDS, verbose=False
+            )
+            trainer = _trainer(out_dir, [callback], max_steps=6)
+            trainer.fit(resumed, datamodule=_data(), ckpt_path=str(out_dir / "shard.ckpt"))
+            torch.save(
+                {"masks": get_masks(resumed), "state": resumed.state_dict(), "calls": resumed_scorer.calls},
+                out_dir / f"resumed_rank{trainer.global_rank}.pt",
+            )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def ddp_results(tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {
         (mode, rank): torch.load(out / f"{mode}_rank{rank}.pt", weights_only=False)
-        for mode in ("shard", "replicate")
+        for mode in ("shard", "replicate", "resumed")
         for rank in (0, 1)
     }
 
@@ -88,3 +88,16 @@ def test_ddp_does_not_broadcast_masks_every_step(ddp_results):
     assert synced, "DDP should still sync the BatchNorm buffers"
     assert any("running_mean" in n for n in synced)
     assert not any(n.endswith(".mask") for n in synced)
+
+
+def test_ddp_resume_restores_masks_on_every_rank_without_scoring(ddp_results):
+    saved = ddp_results[("shard", 0)]["masks"]
+    for rank in (0, 1):
+        resumed = ddp_results[("resumed", rank)]
+        assert resumed["calls"] == 0, f"rank {rank} scored again"
+        assert set(resumed["masks"]) == set(saved)
+        for name, mask in saved.items():
+            assert torch.equal(resumed["masks"][name], mask), (rank, name)
+            module_name, _, attr = name.rpartition(".")
+            original = resumed["state"][f"{module_name}.parametrizations.{attr}.original"]
+            assert bool((original[~mask] == 0).all())
