@@ -242,7 +242,12 @@ def _plot(records, models, methods, densities, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.2), squeeze=False)
+    # Baselines dashed in one palette, PX variants solid in another, so the two families read apart.
+    baselines = [m for m in methods if not m.startswith("px") and m != "dense"]
+    pxs = [m for m in methods if m.startswith("px")]
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(baselines)}
+    colours.update({m: plt.cm.Dark2(i % 8) for i, m in enumerate(pxs)})
     for ax, model in zip(axes[0], models):
         for i, method in enumerate(methods):
             style = "-" if method.startswith("px") else "--"
@@ -270,20 +275,23 @@ def _plot(records, models, methods, densities, path: Path) -> None:
                 means,
                 yerr=stds,
                 ls=style,
-                marker="o",
+                marker="o" if method.startswith("px") else "s",
                 ms=3,
                 capsize=2,
                 label=method,
-                color=plt.cm.tab20(i % 20),
+                color=colours[method],
             )
         ax.set_xscale("log")
+        ax.set_xticks(densities, [f"{d:g}" for d in densities])
+        ax.minorticks_off()
         ax.invert_xaxis()
         ax.set_xlabel("density (fraction of weights kept)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Digits (upsampled), {model}: mean ± std over seeds")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=7, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
