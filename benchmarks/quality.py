@@ -54,6 +54,7 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     "px_dense_head": ("px", {"dense_head": True}),
     "px_floor0.2": ("px", {"layer_floor": 0.2}),
     "px_bn_warmup": ("px", {"bn_warmup": True}),
+    "px_head_body_bn_warmup": ("px", {"head": "body", "bn_warmup": True}),
 }
 SEEDED = {"random", "ntksap"}  # methods that draw random numbers: seeded with the run's seed
 ITERATIVE = {"synflow", "ntksap", "px"}
@@ -200,7 +201,8 @@ def report(records: list[dict], plot: Path | None) -> str:
                 if collapsed:
                     cell += f" c{collapsed}"
                 if errors:
-                    cell += f" ({errors} failed)"
+                    budget = all("raise the density" in r.get("error", "") for r in rs if "error" in r)
+                    cell += f" ({errors} {'infeasible: head > budget' if budget else 'failed'})"
                 cells.append(cell)
                 summary[(model, method, d)] = accs
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
