@@ -16,6 +16,7 @@ import hashlib
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -268,7 +269,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         crop_size: int = 513,
         download: bool = False,
         num_workers: int = 4,
-        val_mode: str = "full",
+        val_mode: Literal["full", "center_crop"] = "full",
         augmented: bool | None = None,
         scale_range: tuple[float, float] = (0.5, 2.0),
         scoring_batches: int = 1,

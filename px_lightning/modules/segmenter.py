@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -65,7 +66,7 @@ class SemanticSegmenter(L.LightningModule):
         num_classes: int = 21,
         output_stride: int | None = 8,
         pretrained: str | None = None,
-        pretrained_format: str = "auto",
+        pretrained_format: Literal["auto", "torchvision", "mocov2", "dino"] = "auto",
         encoder_lr: float = 0.001,
         decoder_lr: float = 0.01,
         momentum: float = 0.9,
