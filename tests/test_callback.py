@@ -371,3 +371,21 @@ def test_callback_reused_on_a_new_module_prunes_it_afresh(tmp_path):
     masks1, masks2 = get_masks(first), get_masks(second)
     assert any(not torch.equal(masks1[n], masks2[n]) for n in masks1)
     assert all(torch.equal(callback._masks[n], masks2[n]) for n in masks2)
+
+
+@pytest.mark.parametrize(
+    ("method", "mode", "shard"),
+    [
+        ("px", "auto", True),
+        (CountingPX(), "auto", True),
+        ("snip", "auto", False),
+        ("grasp", "auto", False),
+        ("magnitude", "auto", False),
+        ("snip", "shard", True),
+        ("px", "replicate", False),
+    ],
+)
+def test_distributed_scoring_auto_shards_only_px(method, mode, shard):
+    # Sharded SNIP/GraSP scores are not the one-process scores (normalised / non-additive per call).
+    callback = ForesightPruningCallback(method=method, density=0.1, distributed_scoring=mode)
+    assert callback.shard_scoring is shard
