@@ -1,0 +1,269 @@
+"""Cost of one PX round through the public API against the published code's cost structure.
+
+The published PX implementation (``iurada/px-ntk-pruning``, ``lib/pruners.py``), re-stated here with
+the same per-round work: three fresh deep copies of the model (activation, data-path and kernel copies),
+then for every scoring batch an activation pass and a data-path pass without gradient, and a kernel
+forward-backward on an all-ones input of the whole batch; then the global ``kthvalue`` threshold.
+The library computes the kernel output once per round (it does not depend on the data) and works on
+views of the model instead of three copies. Both compute the same scores: the script checks it.
+
+Usage:
+    python benchmarks/scoring.py                          # CIFAR ResNet-20, 100 images 32x32, CPU
+    python benchmarks/scoring.py --model resnet50 --device cuda   # 10 batches of 64 at 224x224 (a GPU)
+
+Peak memory: on the CPU, the peak growth of the resident set during a second call (sampled every 0.5 ms,
+above the resident set after a warm-up call) in a fresh process per method; on a GPU, ``torch.cuda.max_memory_allocated`` above the memory
+allocated before the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import threading
+import time
+import warnings
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from px_lightning.models import resnet20
+from px_lightning.pruning import compute_scores, find_masks, prunable_parameters
+
+DENSITY = 0.018
+_RELU = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_, Tensor.relu, Tensor.relu_}
+
+
+class _Gates(TorchFunctionMode):
+    """ReLU handling of the published copies: record gates, replay them, or act as the identity."""
+
+    def __init__(self, action: str, gates: list | None = None) -> None:
+        super().__init__()
+        self.action, self.gates, self.i = action, gates if gates is not None else [], 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in _RELU:
+            return func(*args, **kwargs)
+        x = args[0]
+        if self.action == "record":
+            self.gates.append(x > 0)
+            return func(*args, **kwargs)
+        if self.action == "identity":
+            return x
+        gate = self.gates[self.i]
+        self.i += 1
+        return x * gate
+
+
+def published_scores(model: nn.Module, masks: dict[str, Tensor], batches: list) -> dict[str, Tensor]:
+    """One published PX scoring pass (kernel normalisation in eval mode, as the library default)."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    head = layers[-1]
+    act, data_path, kernel = (copy.deepcopy(model) for _ in range(3))  # three fresh copies per round
+    act.eval()
+    data_path.train()
+    kernel.eval()
+    with torch.no_grad():
+        for n in layers:
+            name = f"{n}.weight"
+            act.get_parameter(name).mul_(masks[name])
+            if n == head:
+                data_path.get_parameter(name).mul_(masks[name])
+            else:
+                data_path.get_parameter(name).copy_(masks[name])
+                bias = data_path.get_submodule(n).bias
+                if bias is not None:
+                    bias.fill_(1)
+                    kernel.get_submodule(n).bias.pow_(2)
+    weights = {f"{n}.weight": model.get_parameter(f"{n}.weight").detach() for n in layers}
+    leaves = {
+        k: (w if k == f"{head}.weight" else w**2).clone().requires_grad_(True) for k, w in weights.items()
+    }
+    for x, _ in batches:
+        with torch.no_grad():
+            with _Gates("record") as rec:
+                act(x)
+            with _Gates("replay", rec.gates):
+                z1 = data_path(x**2)
+        # the published kernel forward-backward: an all-ones input of the whole batch, every batch
+        with _Gates("identity"):
+            z2 = torch.func.functional_call(
+                kernel, {k: leaves[k] * masks[k] for k in leaves}, (torch.ones_like(x),)
+            )
+        (z1 * z2).sum().backward()
+    return {k: leaves[k].grad.abs() * (weights[k] * masks[k]) ** 2 for k in leaves}
+
+
+def published_round(model: nn.Module, masks: dict[str, Tensor], batches: list) -> dict[str, Tensor]:
+    """Scores, then the published global threshold (``kthvalue``, keep scores strictly above it)."""
+    scores = published_scores(model, masks, batches)
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    k = int((1 - DENSITY) * flat.numel())
+    threshold = torch.kthvalue(flat, k).values
+    return {n: s > threshold for n, s in scores.items()}
+
+
+def setup(args) -> tuple[nn.Module, list, dict[str, Tensor]]:
+    torch.manual_seed(0)
+    if args.model == "resnet20":
+        model = resnet20(num_classes=10)
+    else:
+        model = torchvision.models.resnet50(weights=None)
+    model = model.to(args.device)
+    classes = 10 if args.model == "resnet20" else 1000
+    batches = [
+        (
+            torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device),
+            torch.randint(0, classes, (args.batch_size,), device=args.device),
+        )
+        for _ in range(args.batches)
+    ]
+    masks = {n: torch.ones_like(model.get_parameter(n), dtype=torch.bool) for n in prunable_parameters(model)}
+    return model, batches, masks
+
+
+def methods(model, batches, masks) -> dict:
+    return {
+        "api compute_scores": lambda: compute_scores(model, "px", batches),
+        "published scoring": lambda: published_scores(model, masks, batches),
+        "api find_masks (1 round)": lambda: find_masks(model, "px", batches, density=DENSITY, rounds=1),
+        "published round (+ threshold)": lambda: published_round(model, masks, batches),
+    }
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _memory_worker(args, name: str, queue) -> None:
+    torch.set_num_threads(args.threads)
+    model, batches, masks = setup(args)
+    fn = methods(model, batches, masks)[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn()  # warm-up: lazy library state belongs to the baseline, not to the method
+        gc.collect()
+        before = peak = _rss_bytes()
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _rss_bytes())
+                time.sleep(0.0005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        fn()
+        done.set()
+        sampler.join()
+    queue.put(max(peak, _rss_bytes()) - before)
+
+
+def peak_memory(args, name: str) -> int:
+    if args.device.startswith("cuda"):
+        model, batches, masks = setup(args)
+        fn = methods(model, batches, masks)[name]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # A fresh process per method, so each peak is its own; a fixed mmap threshold makes glibc hand every
+    # large tensor's memory back to the system when it is freed, so the resident set follows live tensors.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_worker, args=(args, name, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["resnet20", "resnet50"], default="resnet20")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batches", type=int, help="scoring batches (resnet20: 10, resnet50: 10)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (resnet20: 10, resnet50: 64)")
+    parser.add_argument("--image-size", type=int, help="resnet20: 32, resnet50: 224")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per method (median reported)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    defaults = {"resnet20": (10, 10, 32), "resnet50": (10, 64, 224)}[args.model]
+    args.batches = args.batches or defaults[0]
+    args.batch_size = args.batch_size or defaults[1]
+    args.image_size = args.image_size or defaults[2]
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    torch.set_num_threads(args.threads)
+
+    warnings.filterwarnings("ignore", message=".*layer collapse.*")  # one-shot 0.018 collapses layers
+    model, batches, masks = setup(args)
+    fns = methods(model, batches, masks)
+    # Same scores from both: the comparison is between two implementations of one computation.
+    ours, theirs = fns["api compute_scores"](), fns["published scoring"]()
+    rel = max(float((ours[n] - theirs[n]).abs().max() / theirs[n].abs().max()) for n in ours)
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.repeats):  # interleaved, so load on a shared machine hits every method alike
+        for name, fn in fns.items():
+            _sync(args.device)
+            start = time.perf_counter()
+            fn()
+            _sync(args.device)
+            times[name].append(time.perf_counter() - start)
+    result = {
+        "model": args.model,
+        "device": torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "data": f"{args.batches} batches of {args.batch_size} at {args.image_size}x{args.image_size}",
+        "max_relative_score_difference": rel,
+        "median_s": {n: statistics.median(t) for n, t in times.items()},
+        "min_s": {n: min(t) for n, t in times.items()},
+    }
+    med = result["median_s"]
+    result["ratio_scoring"] = med["api compute_scores"] / med["published scoring"]
+    result["ratio_round"] = med["api find_masks (1 round)"] / med["published round (+ threshold)"]
+    if not args.no_memory:
+        result["peak_memory_MiB"] = {n: peak_memory(args, n) / 2**20 for n in fns}
+    print(
+        f"{result['model']} on {args.device} ({result['device']}, {args.threads} threads), {result['data']}"
+    )
+    print(f"scores agree: max relative difference {rel:.2e}")
+    for name in fns:
+        line = f"  {name:32s} median {med[name]:.4f} s  min {result['min_s'][name]:.4f} s"
+        if "peak_memory_MiB" in result:
+            line += f"  peak memory {result['peak_memory_MiB'][name]:.1f} MiB"
+        print(line)
+    print(f"ratio api/published: scoring {result['ratio_scoring']:.2f}, round {result['ratio_round']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
