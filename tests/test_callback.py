@@ -389,3 +389,27 @@ def test_distributed_scoring_auto_shards_only_px(method, mode, shard):
     # Sharded SNIP/GraSP scores are not the one-process scores (normalised / non-additive per call).
     callback = ForesightPruningCallback(method=method, density=0.1, distributed_scoring=mode)
     assert callback.shard_scoring is shard
+
+
+class _IgnoreIndexClassifier(LitClassifier):
+    """A module whose loss ignores label 255, as a segmenter's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss_fn(self(x), y)
+
+
+def test_loss_based_scorers_use_the_modules_loss_fn(tmp_path):
+    # Labels 255 mark ignored examples: the default cross-entropy would fail on them while scoring.
+    data = make_tensors(32)
+    data.tensors[1][::3] = 255
+    module = _IgnoreIndexClassifier()
+    callback = ForesightPruningCallback(method="snip", density=0.3, verbose=False)
+    pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_steps=1)).fit(
+        module, datamodule=TensorDataModule(data)
+    )
+    assert abs(callback.report["density"] - 0.3) < 1e-3

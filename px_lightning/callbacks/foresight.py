@@ -58,6 +58,15 @@ def _keys(name: str) -> tuple[str, str]:
     return f"{base}.original", f"{base}.0.mask"
 
 
+def _module_loss(pl_module: pl.LightningModule) -> nn.Module | None:
+    """The module's own ``loss_fn`` for the loss-based scorers (SNIP, GraSP), if it has one.
+
+    A segmenter's loss ignores label 255; the default cross-entropy would fail on those pixels.
+    """
+    loss_fn = getattr(pl_module, "loss_fn", None)
+    return loss_fn if callable(loss_fn) else None
+
+
 class _PlainKeyLoader:
     """``load_state_dict`` pre-hook mapping plain keys (``conv.weight``) onto a parametrized module's keys.
 
@@ -106,7 +115,8 @@ class ForesightPruningCallback(Callback):
             entries at exactly zero.
         verbose: Print the per-layer density table (rank zero) after pruning.
         method_options: Options of the scoring method, e.g. ``{"kernel_norm": "eval"}`` for PX or
-            ``{"seed": 0}`` for random.
+            ``{"seed": 0}`` for random. SNIP and GraSP score with the LightningModule's ``loss_fn``
+            attribute when it has one (so a segmenter's ``ignore_index=255`` holds), else cross-entropy.
         distributed_scoring: Under DDP, ``"shard"``: each rank scores its share of whole scoring batches
             and the scores are summed across ranks before each round's threshold (data-parallel);
             ``"replicate"``: every rank scores all batches (no faster than one device, exactly the
@@ -313,6 +323,7 @@ class ForesightPruningCallback(Callback):
                 rounds=self.rounds,
                 scope=self.scope,
                 schedule=self.schedule,
+                loss_fn=_module_loss(pl_module),
                 include=self.include,
                 exclude=self.exclude,
                 progress=None if bar is None else lambda done, total: _advance(bar, done, total),
