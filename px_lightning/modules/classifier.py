@@ -18,13 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -34,14 +32,6 @@ from px_lightning.models import create_model
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """SGD with lr 0.1, momentum 0.9, weight decay 1e-4 (the published CIFAR-10 recipe)."""
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
-
-
-def _picklable(obj: object) -> bool:
-    try:
-        pickle.dumps(obj)
-    except Exception:  # noqa: BLE001 - lambdas, local functions, objects holding locks: pickle raises various types
-        return False
-    return True
 
 
 class ImageClassifier(L.LightningModule):
@@ -58,9 +48,10 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: Label smoothing of the cross-entropy loss.
 
     Checkpoints: the hyperparameters are saved, so ``ImageClassifier.load_from_checkpoint(path)`` rebuilds
-    the module (pass ``model=`` again when it was an ``nn.Module``). An optimizer or scheduler that cannot
-    be pickled (a lambda) is not saved with them; ``load_from_checkpoint`` then uses the default unless
-    given one.
+    the module, pruned weights and masks included (pass ``model=`` again when it was an ``nn.Module``).
+    The optimizer and scheduler are not among them (``torch.load(weights_only=True)`` refuses callables):
+    a loaded module has the default optimizer unless given ``optimizer=``/``lr_scheduler=``. Under
+    LightningCLI the checkpoint carries the config and the CLI restores them.
 
     Example:
         >>> module = ImageClassifier("vgg16_bn", num_classes=100)
@@ -89,14 +80,10 @@ class ImageClassifier(L.LightningModule):
             raise TypeError(
                 f"lr_scheduler must be a callable optimizer -> LRScheduler or None, got {type(lr_scheduler).__name__}"
             )
-        ignore = [] if isinstance(model, str) else ["model"]
-        for name, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
-            if not _picklable(value):
-                ignore.append(name)
-                rank_zero_warn(
-                    f"ImageClassifier: {name} {value!r} cannot be pickled, so checkpoints will not carry it; "
-                    "use functools.partial or a module-level function to have load_from_checkpoint restore it"
-                )
+        # The optimizer and scheduler callables stay out of the checkpoint: torch.load(weights_only=True),
+        # which load_from_checkpoint uses, refuses functions and classes. An nn.Module model is saved in the
+        # state dict already.
+        ignore = ["optimizer", "lr_scheduler"] + ([] if isinstance(model, str) else ["model"])
         self.save_hyperparameters(ignore=ignore)
         if isinstance(model, str):
             self.model = create_model(model, num_classes, **(model_options or {}))
