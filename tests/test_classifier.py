@@ -141,7 +141,7 @@ def _fit_pruned(module, datamodule, density=0.2, steps=2, **callback_options):
 
 
 def test_fit_cifar10_resnet20_pruned(tmp_path):
-    dm = CIFAR10DataModule(write_cifar10(tmp_path), batch_size=8, num_workers=0, examples_per_class=2)
+    dm = CIFAR10DataModule(write_cifar10(tmp_path), batch_size=5, num_workers=0, examples_per_class=1)
     module = ImageClassifier("resnet20", num_classes=dm.num_classes)
     trainer = _fit_pruned(module, dm)
     assert "val/acc_top5" in trainer.callback_metrics
@@ -149,7 +149,9 @@ def test_fit_cifar10_resnet20_pruned(tmp_path):
 
 def test_fit_cifar100_pruned(tmp_path):
     dm = CIFAR100DataModule(write_cifar100(tmp_path), batch_size=50, num_workers=0, examples_per_class=1)
-    _fit_pruned(ImageClassifier("small_cnn", num_classes=dm.num_classes), dm)
+    _fit_pruned(
+        ImageClassifier("small_cnn", num_classes=dm.num_classes, model_options={"widths": (8, 16)}), dm
+    )
 
 
 def test_fit_tiny_imagenet_pruned(tmp_path):
