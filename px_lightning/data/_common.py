@@ -80,8 +80,16 @@ def _extract(archive: Path, dest: Path) -> None:
                 zf.extractall(dest)
         else:
             with tarfile.open(archive) as tf:
-                # filter="data" refuses absolute paths and links out of dest
-                tf.extractall(dest, filter="data")
+                if hasattr(tarfile, "data_filter"):
+                    # filter="data" refuses absolute paths and links out of dest
+                    tf.extractall(dest, filter="data")
+                else:  # Python without extraction filters (before 3.10.12 / 3.11.4): check names ourselves
+                    root = dest.resolve()
+                    for member in tf.getmembers():
+                        target = (dest / member.name).resolve()
+                        if root not in target.parents and target != root or member.issym() or member.islnk():
+                            raise CorruptDatasetError(f"{archive} holds an unsafe entry {member.name!r}")
+                    tf.extractall(dest)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
         raise CorruptDatasetError(f"cannot extract {archive}: {e}; delete it and download again") from e
 
