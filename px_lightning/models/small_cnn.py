@@ -1,8 +1,10 @@
 """A small conv-BN-ReLU network for 32x32 inputs: the Digits quickstart model.
 
 Three 3x3 convolution + BatchNorm + ReLU stages (32, 64, 128 channels), each followed by 2x2 max-pooling,
-then global average pooling and a linear classifier; about 94k prunable weights. Trains to over 95% on
-the Digits set in seconds on a CPU, also pruned to 5% density.
+then global average pooling and a linear classifier; about 94k prunable weights. On the Digits set,
+pruned by PX to 5% density (``head="body"``, 20 rounds) and trained 8 epochs with SGD, it reaches about
+97% test accuracy in under half a minute on two CPU cores (``tests/test_classifier.py``). With PX's
+published head scoring at that density, one digit can lose every classifier weight: use ``head="body"``.
 
 Example:
     >>> model = small_cnn(num_classes=10)
