@@ -110,6 +110,8 @@ def main(args: ArgsType = None) -> PXLightningCLI:
         subclass_mode_data=True,
         # A rerun into the same log folder must not fail on the config.yaml the last run saved.
         save_config_kwargs={"overwrite": True},
+        # A mistyped option must fail, not be taken for the option it abbreviates (`--trainer.max_epoch`).
+        parser_kwargs={"allow_abbrev": False},
         args=args,
     )
 
