@@ -84,8 +84,8 @@ def _threshold_with_constraints(
     budget = density * total - sum(m.numel() for m in out.values())
     if budget < 1:
         raise ValueError(
-            f"density {density:g} keeps {density * total:.0f} weights, not more than the dense tensors "
-            f"{list(dense)} hold: raise the density or keep fewer tensors dense"
+            f"density {density:g} (this round's) keeps {density * total:.0f} weights, not more than the "
+            f"dense tensors {list(dense)} hold: raise the density or keep fewer tensors dense"
         )
     if layer_floor:
         # Reserve each tensor's best positive-scored weights (pruned weights score 0 and stay pruned), by
