@@ -3,8 +3,9 @@
 Two models with BatchNorm (a small CNN and a small CIFAR-style ResNet), pruned at initialisation by each
 method at each density, three seeds, then trained identically (same steps, optimiser, schedule, batches
 per seed). Digits (scikit-learn's 8x8 digits, 1797 images, upsampled bilinearly to ``--size`` pixels, 16
-by default to fit the shared CPU, three channels) ships with scikit-learn, so nothing is downloaded. Each run appends one JSON line to ``--out``; an interrupted
-benchmark resumes where it stopped, and ``--report`` rebuilds the table and the plot from that file.
+by default to fit the shared CPU, three channels) ships with scikit-learn, so nothing is downloaded.
+Each run appends one JSON line to ``--out``; an interrupted benchmark resumes where it stopped, and
+``--report`` rebuilds the table and the plot from that file.
 
     python benchmarks/quality.py                      # full run (~35 min on one shared CPU core)
     python benchmarks/quality.py --report             # table + plot from benchmarks/quality_results.jsonl
@@ -168,7 +169,7 @@ def _short(layer: str) -> str:
 
 
 def report(records: list[dict], plot: Path | None) -> str:
-    """Markdown: accuracy (mean ± std over seeds) per method and density, per model; then per-layer densities."""
+    """Markdown: accuracy (mean ± std over seeds) per method and density, per model; per-layer densities."""
     lines = []
     models = [m for m in ("cnn", "resnet") if any(r["model"] == m for r in records)]
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
@@ -213,8 +214,8 @@ def report(records: list[dict], plot: Path | None) -> str:
             layers = list(rs[0]["layers"])
             lines.append("")
             lines.append(
-                f"Per-layer kept fraction (%) at d={d:g}, mean over seeds; **bold 0** = collapsed in every seed, "
-                "`*` = collapsed in some seed"
+                f"Per-layer kept fraction (%) at d={d:g}, mean over seeds; **bold 0** = collapsed in every "
+                "seed, `*` = collapsed in some seed"
             )
             lines.append("")
             lines.append("| method | total | " + " | ".join(_short(n) for n in layers) + " |")

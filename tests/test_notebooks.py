@@ -1,4 +1,4 @@
-"""The notebooks execute top to bottom on the CPU (nbclient, a real Jupyter kernel), stored without outputs."""
+"""The notebooks run top to bottom on the CPU (nbclient, a real Jupyter kernel); stored without outputs."""
 
 import time
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""PX options against layer collapse: head on the body's scale, dense head, per-layer floor, BatchNorm warm-up."""
+"""PX options against layer collapse: head on the body's scale, dense head, layer floor, BatchNorm warm-up."""
 
 import copy
 import math

@@ -20,7 +20,10 @@ module's weights at ``setup``, i.e. a fresh initialisation, not the run's origin
 Example:
     >>> trainer = L.Trainer(
     ...     logger=TensorBoardLogger("runs"),
-    ...     callbacks=[ForesightPruningCallback("px", density=0.05), PruningDiagnosticsCallback(every_n_epochs=5)],
+    ...     callbacks=[
+    ...         ForesightPruningCallback("px", density=0.05),
+    ...         PruningDiagnosticsCallback(every_n_epochs=5),
+    ...     ],
     ... )
 """
 

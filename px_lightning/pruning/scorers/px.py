@@ -165,8 +165,8 @@ class PXScorer(Scorer):
         if self.dense_head:
             if self._head_name not in weights:
                 raise ValueError(
-                    f"dense_head=True but the head {self._head_name!r} (the last prunable layer) is not among "
-                    "the pruned tensors: it is dense already; drop dense_head or include it"
+                    f"dense_head=True but the head {self._head_name!r} (the last prunable layer) is not "
+                    "among the pruned tensors: it is dense already; drop dense_head or include it"
                 )
             out["dense"] = [self._head_name]
         if self.layer_floor:
@@ -183,8 +183,8 @@ class PXScorer(Scorer):
         has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         if self.kernel_norm == "train" and has_norm:
             warnings.warn(
-                "PX kernel_norm='train' (the published code) on a model with BatchNorm: scores of the weights "
-                "before the last normalisation are float round-off; use kernel_norm='eval'",
+                "PX kernel_norm='train' (the published code) on a model with BatchNorm: scores of the "
+                "weights before the last normalisation are float round-off; use kernel_norm='eval'",
                 stacklevel=4,
             )
         ref = next(iter(weights.values()))
