@@ -103,6 +103,13 @@ def test_bad_arguments_are_refused():
         module.training_step((torch.randn(2, 3, 2, 2), torch.tensor([0, 1])), 0)
 
 
+def test_num_classes_must_match_the_datamodule(tmp_path):
+    dm = CIFAR100DataModule(write_cifar100(tmp_path, train_per_class=1), batch_size=8, num_workers=0)
+    module = ImageClassifier("small_cnn", num_classes=10)
+    with pytest.raises(ValueError, match="num_classes=10 but CIFAR100DataModule has 100 classes"):
+        _trainer(max_steps=1).fit(module, datamodule=dm)
+
+
 def test_lambda_optimizer_trains_and_checkpoints_load(tmp_path):
     module = ImageClassifier("small_cnn", 10, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
     assert "optimizer" not in module.hparams and module.hparams.model == "small_cnn"

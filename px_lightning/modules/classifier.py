@@ -108,6 +108,17 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def setup(self, stage: str) -> None:
+        # A datamodule that knows its class count must agree with the head, else the loss fails later
+        # with an opaque index error (or, with fewer data classes, trains a head too wide in silence).
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if isinstance(data_classes, int) and data_classes != self.num_classes:
+            raise ValueError(
+                f"ImageClassifier has num_classes={self.num_classes} but {type(datamodule).__name__} has "
+                f"{data_classes} classes: set num_classes={data_classes}"
+            )
+
     def _check_logits(self, logits: Tensor) -> None:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
@@ -156,6 +167,7 @@ class ImageClassifier(L.LightningModule):
         return self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """The predicted class index of each image."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).argmax(dim=1)
 
