@@ -376,8 +376,9 @@ def test_callback_reused_on_a_new_module_prunes_it_afresh(tmp_path):
 @pytest.mark.parametrize(
     ("method", "mode", "shard"),
     [
-        ("px", "auto", True),
+        ("px", "auto", False),  # the callback's PX default warms BatchNorm up on all the scoring batches
         (CountingPX(), "auto", True),
+        (CountingPX(bn_warmup=True), "auto", False),
         ("snip", "auto", False),
         ("grasp", "auto", False),
         ("magnitude", "auto", False),
@@ -413,3 +414,15 @@ def test_loss_based_scorers_use_the_modules_loss_fn(tmp_path):
         module, datamodule=TensorDataModule(data)
     )
     assert abs(callback.report["density"] - 0.3) < 1e-3
+
+
+def test_px_defaults_of_the_callback_and_the_published_override():
+    assert ForesightPruningCallback(method="px", density=0.1).method_options == {
+        "head": "body",
+        "bn_warmup": True,
+    }
+    published = ForesightPruningCallback(
+        method="PX", density=0.1, method_options={"head": "published", "bn_warmup": False}
+    )
+    assert (published.scorer.head, published.scorer.bn_warmup) == ("published", False)
+    assert ForesightPruningCallback(method="snip", density=0.1).method_options == {}

@@ -92,6 +92,12 @@ class _PlainKeyLoader:
                         pass  # no mask on the module (made permanent): the strict load reports the key
 
 
+#: PX options the callback uses unless ``method_options`` sets them. The published scoring (``head="published"``,
+#: no BatchNorm warm-up) collapses layers at low density; these two won the quality benchmark among the PX
+#: variants (benchmarks/README.md, "Quality"). ``compute_scores``/``find_masks`` keep the published defaults.
+PX_CALLBACK_DEFAULTS: dict[str, Any] = {"head": "body", "bn_warmup": True}
+
+
 class ForesightPruningCallback(Callback):
     """Prune at fit start (PX or a baseline), train sparse, checkpoint and resume with the masks.
 
@@ -115,12 +121,16 @@ class ForesightPruningCallback(Callback):
             entries at exactly zero.
         verbose: Print the per-layer density table (rank zero) after pruning.
         method_options: Options of the scoring method, e.g. ``{"kernel_norm": "eval"}`` for PX or
-            ``{"seed": 0}`` for random. SNIP and GraSP score with the LightningModule's ``loss_fn``
+            ``{"seed": 0}`` for random. For ``method="px"`` the callback adds ``head="body"`` and
+            ``bn_warmup=True`` unless given here (``PX_CALLBACK_DEFAULTS``: they keep the classifier and
+            the residual blocks alive at low density); ``{"head": "published", "bn_warmup": False}`` gives
+            the published scoring. SNIP and GraSP score with the LightningModule's ``loss_fn``
             attribute when it has one (so a segmenter's ``ignore_index=255`` holds), else cross-entropy.
         distributed_scoring: Under DDP, ``"shard"``: each rank scores its share of whole scoring batches
             and the scores are summed across ranks before each round's threshold (data-parallel);
             ``"replicate"``: every rank scores all batches (no faster than one device, exactly the
-            single-process masks); ``"auto"`` (default): shard for PX, replicate for the other methods.
+            single-process masks); ``"auto"`` (default): shard for PX without ``bn_warmup``, replicate
+            otherwise.
             Sharding gives one process's masks only where scores add over batches: PX nearly does (IoU
             0.9996 with one process on a CIFAR ResNet-20, one-shot at density 0.1, two shards), SNIP and
             GraSP do not (IoU about 0.6: SNIP normalises per call, GraSP's Hessian term is not additive),
@@ -189,6 +199,9 @@ class ForesightPruningCallback(Callback):
             )
         self.method = method
         self.method_options = dict(method_options or {})
+        if isinstance(method, str) and method.lower() == "px":
+            # The user's options win; the defaults are the measured best against layer collapse.
+            self.method_options = {**PX_CALLBACK_DEFAULTS, **self.method_options}
         # Resolve now so that a wrong method name or option fails when the callback is built.
         self.scorer = get_scorer(method, **self.method_options)
         self.density = float(density)
@@ -347,7 +360,8 @@ class ForesightPruningCallback(Callback):
     def shard_scoring(self) -> bool:
         """Whether DDP ranks score shares of the batches (``distributed_scoring``, ``"auto"`` resolved)."""
         if self.distributed_scoring == "auto":
-            return isinstance(self.scorer, PXScorer)
+            # BatchNorm warm-up on a rank's share would see other statistics than one process on all batches.
+            return isinstance(self.scorer, PXScorer) and not self.scorer.bn_warmup
         return self.distributed_scoring == "shard"
 
     def _scoring_batches(self, trainer: pl.Trainer) -> list:
