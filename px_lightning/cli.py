@@ -13,8 +13,8 @@ Example:
 
 From Python (the tests do this)::
 
-    >>> from px_lightning.cli import main
-    >>> main(["fit", "--config", "configs/quickstart.yaml", "--trainer.fast_dev_run=1"])
+    >>> from px_lightning.cli import cli_main
+    >>> cli = cli_main(["fit", "--config", "configs/quickstart.yaml", "--trainer.fast_dev_run=1"])
 """
 
 from __future__ import annotations
@@ -92,13 +92,15 @@ class PXLightningCLI(LightningCLI):
         _print_density_table(self.model)
 
 
-def main(args: ArgsType = None) -> PXLightningCLI:
-    """Run the ``px-lightning`` command line (``fit``, ``validate``, ``test``, ``predict``).
+def cli_main(args: ArgsType = None) -> PXLightningCLI:
+    """Run the ``px-lightning`` command line (``fit``, ``validate``, ``test``, ``predict``) and return it.
 
-    ``args`` (a list of strings, or a dict) replaces ``sys.argv[1:]``; the tests pass it.
+    ``args`` (a list of strings, or a dict) replaces ``sys.argv[1:]``. The returned CLI holds the
+    ``trainer``, ``model`` and ``datamodule`` it ran, for inspection from Python (the tests do this).
 
     Example:
-        >>> main(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs=1"])
+        >>> cli = cli_main(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs=1"])
+        >>> cli.trainer.callback_metrics["test/acc"]
     """
     # Imported so that short class names (`--model=ImageClassifier`, `--data=CIFAR10DataModule`) resolve.
     from px_lightning import callbacks, data, modules  # noqa: F401
@@ -114,6 +116,15 @@ def main(args: ArgsType = None) -> PXLightningCLI:
         parser_kwargs={"allow_abbrev": False},
         args=args,
     )
+
+
+def main(args: ArgsType = None) -> None:
+    """The ``px-lightning`` console script: :func:`cli_main`, returning nothing (exit status 0 on success).
+
+    Example:
+        >>> main(["fit", "--config", "configs/quickstart.yaml"])
+    """
+    cli_main(args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from px_lightning.cli import main
+from px_lightning.cli import cli_main, main
 from px_lightning.pruning import get_masks, sparsity_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +182,9 @@ def test_print_config(config, capsys):
 @pytest.mark.parametrize("config", ALL_CONFIGS)
 def test_fast_dev_run(config, tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # logs and the saved config.yaml land here
-    cli = main(["fit", "--config", str(REPO / config), *COMMON, *FAST_DEV_RUN[config], *tiny_data[config]])
+    cli = cli_main(
+        ["fit", "--config", str(REPO / config), *COMMON, *FAST_DEV_RUN[config], *tiny_data[config]]
+    )
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     # The callback was configured from the YAML: the masks are on the model at the config's density.
     density = _pruning_callback(_load(REPO / config))["init_args"]["density"]
@@ -249,7 +251,7 @@ def test_quickstart_command_from_readme(tmp_path):
         text=True,
         timeout=300,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     out = run.stdout + run.stderr
     accuracy = re.search(r"test/acc\s*│?\s*([0-9.]+)", out)
     assert accuracy, f"no test accuracy in the output:\n{out[-3000:]}"
