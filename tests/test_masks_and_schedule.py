@@ -121,3 +121,14 @@ def test_generator_batches_serve_every_round():
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     assert abs(kept / total - 0.2) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("method", "rounds"), [("snip", 1), ("magnitude", 1), ("synflow", 100), ("ntksap", 20)]
+)
+def test_rounds_default_to_the_methods_published_count(method, rounds):
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    batches = [(torch.randn(4, 6), torch.randint(0, 3, (4,)))]
+    seen = []
+    find_masks(net, method, batches, density=0.5, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (rounds, rounds)

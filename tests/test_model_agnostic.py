@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks, get_masks, sparsity_report
 
@@ -74,3 +75,21 @@ def test_dict_outputs_score_like_tensor_outputs(method):
     wrapped = compute_scores(DictOutput(net), method, batches)
     for name, score in plain.items():
         torch.testing.assert_close(wrapped[f"net.{name}"], score)
+
+
+def test_synflow_deep_network_beyond_float32_range():
+    # R = 1' prod|W| 1 is about 64**30 here, past float32's 3e38: the scores must still be finite and
+    # rank the weights as the float64 model's do.
+    torch.manual_seed(0)
+    layers = [nn.Linear(64, 64) for _ in range(30)]
+    for layer in layers:
+        nn.init.normal_(layer.weight)  # |W| row sums about 51: R about 51**30
+    deep = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())])
+    batches = [torch.randn(2, 64)]
+    scores = compute_scores(deep, "synflow", batches)
+    assert all(torch.isfinite(s).all() and s.max() > 0 for s in scores.values())
+    masks32 = find_masks(deep, "synflow", batches, density=0.2, rounds=3)
+    masks64 = find_masks(
+        copy.deepcopy(deep).double(), "synflow", [batches[0].double()], density=0.2, rounds=3
+    )
+    assert all(torch.equal(masks32[n], masks64[n]) for n in masks32)

@@ -106,7 +106,8 @@ class ForesightPruningCallback(Callback):
             ``"random"``, and any other name ``px_lightning.pruning`` knows) or a ``Scorer`` object.
         density: Fraction of the prunable weights to keep, in (0, 1]. Give this or ``sparsity``.
         sparsity: Fraction to prune, in [0, 1) (``density = 1 - sparsity``). Give this or ``density``.
-        rounds: Scoring rounds (iterative pruning); ``None``: 1 for one-shot methods, 100 otherwise.
+        rounds: Scoring rounds (iterative pruning); ``None``: the method's ``default_rounds`` (1 for one-shot
+            methods, 20 for NTK-SAP, 100 otherwise).
         scope: ``"global"`` (one threshold over all layers) or ``"local"`` (each layer to ``density``).
         schedule: Density after each round, ``"exponential"`` (published) or ``"linear"``.
         num_batches: Train batches to score on when the datamodule has no ``scoring_dataloader()``.
@@ -401,7 +402,7 @@ class ForesightPruningCallback(Callback):
         return batches
 
     def _progress_bar(self, trainer: pl.Trainer):
-        rounds = self.rounds if self.rounds is not None else (1 if self.scorer.one_shot else 100)
+        rounds = self.rounds if self.rounds is not None else self.scorer.default_rounds
         if trainer.progress_bar_callback is None or not trainer.is_global_zero or rounds < 2:
             return None
         from tqdm.auto import tqdm

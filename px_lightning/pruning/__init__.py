@@ -88,7 +88,8 @@ def find_masks(
 ) -> dict[str, Tensor]:
     """Iteratively prune to ``density``: each round scores the masked network and thresholds.
 
-    ``rounds`` defaults to 1 for one-shot methods and 100 otherwise. Continues from masks already on
+    ``rounds`` defaults to the scorer's ``default_rounds``: 1 for one-shot methods, 20 for NTK-SAP (its
+    authors' CIFAR runs), 100 otherwise. Continues from masks already on
     the model. Returns ``{param_name: bool Tensor}``; the model is left untouched.
     ``progress(done, rounds)`` is called after each round; ``reduce_scores`` maps each round's scores
     before thresholding (the Lightning callback sums them across data-parallel ranks with it).
@@ -101,7 +102,7 @@ def find_masks(
     scorer = get_scorer(method, **options)
     batches = _scoring_batches(batches, scorer)
     if rounds is None:
-        rounds = 1 if scorer.one_shot else 100
+        rounds = scorer.default_rounds
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
     targets = prunable_parameters(model, include, exclude)

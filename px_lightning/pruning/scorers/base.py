@@ -44,12 +44,19 @@ class Scorer:
 
     ``score`` receives the plain model, the prunable tensor names, the current masks (same names, bool)
     and the scoring batches, and returns ``{name: Tensor}`` of non-negative-or-signed scores, higher is
-    kept. It must leave ``model`` as it found it. ``one_shot`` scorers default to a single round.
+    kept. It must leave ``model`` as it found it. ``one_shot`` scorers default to a single round
+    (``default_rounds``).
     """
 
     name: str = "scorer"
     one_shot: bool = True
     needs_data: bool = True
+
+    @property
+    def default_rounds(self) -> int:
+        """Rounds when the caller gives none: 1 for one-shot methods, 100 (the published PX and SynFlow runs)
+        otherwise; a scorer whose authors publish another count overrides this."""
+        return 1 if self.one_shot else 100
 
     def score(
         self,

@@ -2,9 +2,15 @@
 
 As published: a working copy in ``eval()`` mode with every parameter and buffer replaced by its absolute
 value, an all-ones input of batch 1 shaped like the first scoring batch, ``R = sum(output)``.
+
+``R`` is a product of absolute weights along every path, so it overflows float32 on deep networks
+(ResNet-50 gives infinite scores): the copy runs in float64, and where the scores do not fit the weights'
+dtype they are all divided by one power of two (a common factor: rankings and thresholds are unchanged).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -18,17 +24,23 @@ class SynFlowScorer(Scorer):
     one_shot = False
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
-        net = plain_copy(model).eval()
+        ref = next(iter(weights.values()))
+        net = plain_copy(model).eval().to(torch.float64)
         with torch.no_grad():
             for tensor in list(net.parameters()) + list(net.buffers()):
                 if tensor.is_floating_point():
                     tensor.abs_()
-        leaves = {n: (w.abs() * masks[n]).requires_grad_(True) for n, w in weights.items()}
+        leaves = {n: (w.double().abs() * masks[n]).requires_grad_(True) for n, w in weights.items()}
         # The effective weight is leaf * mask, so a pruned weight gets no gradient.
         substituted = {n: leaves[n] * masks[n] for n in leaves}
-        ref = next(iter(weights.values()))
         x, _ = batch_inputs(batches[0], ref)  # only its shape: the input is all ones
-        ones = torch.ones((1, *x.shape[1:]), dtype=ref.dtype, device=ref.device)
+        ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=ref.device)
         out = torch.func.functional_call(net, substituted, (ones,), strict=False)
         torch.sum(model_output(out)).backward()
-        return {n: (leaves[n].grad * leaves[n]).detach().abs() for n in leaves}
+        scores = {n: (leaves[n].grad * leaves[n]).detach().abs() for n in leaves}
+        top = max(float(s.max()) for s in scores.values())
+        limit = torch.finfo(ref.dtype).max
+        if math.isfinite(top) and top > limit / 2**10:
+            scale = 2.0 ** -math.ceil(math.log2(top / (limit / 2**10)))
+            scores = {n: s * scale for n, s in scores.items()}
+        return {n: s.to(ref.dtype) for n, s in scores.items()}
