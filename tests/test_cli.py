@@ -70,6 +70,7 @@ FAST_DEV_RUN = {
     "configs/imagenet/resnet50_px.yaml": [
         "--data.init_args.examples_per_class=1",
         "--data.init_args.batch_size=4",
+        "--model.init_args.num_classes=3",  # the tiny copy has 3 class folders; the module checks the count
     ],
     "configs/voc2012/deeplabv3plus_resnet50_px.yaml": [
         "--data.init_args.download=false",
@@ -235,7 +236,7 @@ def test_readme_commands_parse(capsys, monkeypatch):
 
 
 def test_quickstart_command_from_readme(tmp_path):
-    """The README's quickstart command, verbatim, through the console script (1 epoch instead of the config's)."""
+    """The README's quickstart command, verbatim (all 10 epochs), through the installed console script."""
     command = next(
         c for c in _readme_commands() if c.startswith("px-lightning fit --config configs/quickstart.yaml")
     )
@@ -243,7 +244,7 @@ def test_quickstart_command_from_readme(tmp_path):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     run = subprocess.run(
-        [*shlex.split(command), "--trainer.max_epochs=1"],
+        shlex.split(command),
         check=False,
         cwd=tmp_path,
         env=env,
@@ -255,7 +256,9 @@ def test_quickstart_command_from_readme(tmp_path):
     out = run.stdout + run.stderr
     accuracy = re.search(r"test/acc\s*│?\s*([0-9.]+)", out)
     assert accuracy, f"no test accuracy in the output:\n{out[-3000:]}"
-    assert float(accuracy.group(1)) > 0.5  # 10 classes: chance is 0.1
+    # About 0.97 measured (README); 10 classes make chance 0.1. The margin absorbs mask changes from float
+    # round-off across machines and thread counts.
+    assert float(accuracy.group(1)) >= 0.9
     # It ends with the per-layer density table of the trained model, at the config's density.
     table = out[out.rindex("Per-layer density") :]
     total = re.search(r"^total\s+(\d+)\s+(\d+)\s+([0-9.]+)$", table, flags=re.MULTILINE)
