@@ -278,6 +278,26 @@ def test_quickstart_command_from_readme(tmp_path):
     assert "pruning/density" in tags, sorted(tags)
 
 
+def test_readme_callback_snippet(tmp_path, monkeypatch):
+    """The README's five lines of Python run as written (one epoch instead of five, no logs or progress bar)."""
+    (snippet,) = [
+        b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL) if "Trainer(" in b
+    ]
+    assert len(snippet.strip().splitlines()) == 5
+    assert snippet.count("max_epochs=5") == 1
+    quick = snippet.replace(
+        "max_epochs=5", "max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False"
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(quick, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code, on purpose
+    trainer = namespace["trainer"]
+    assert trainer.state.finished and trainer.current_epoch == 1
+    report = sparsity_report(trainer.lightning_module)
+    density = float(re.search(r"density=([0-9.]+)", snippet).group(1))
+    assert report["density"] == pytest.approx(density, abs=2e-3)
+
+
 def _bad_config(tmp_path: Path, edit) -> str:
     config = _load(CONFIG_DIR / "quickstart.yaml")
     edit(config)
