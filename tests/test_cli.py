@@ -344,3 +344,14 @@ def test_missing_data_folder_names_it(tmp_path, monkeypatch):
                 f"--data.init_args.data_dir={missing}",
             ]
         )
+
+
+def test_missing_pretrained_file_names_it(tmp_path, monkeypatch):
+    # The VOC config points at a pre-trained file that is never downloaded: without it, the run stops
+    # when the model is built, naming the file (jsonargparse re-raises the module's FileNotFoundError as a
+    # ValueError that quotes it).
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"pretrained file pretrained/dino_resnet50_pretrain.pth does not exist"
+    ):
+        main(["fit", "--config", str(CONFIG_DIR / "voc2012/deeplabv3plus_resnet50_px.yaml"), *COMMON])
