@@ -355,3 +355,18 @@ def test_missing_pretrained_file_names_it(tmp_path, monkeypatch):
         ValueError, match=r"pretrained file pretrained/dino_resnet50_pretrain.pth does not exist"
     ):
         main(["fit", "--config", str(CONFIG_DIR / "voc2012/deeplabv3plus_resnet50_px.yaml"), *COMMON])
+
+
+def test_test_subcommand_on_a_fit_checkpoint(tmp_path, monkeypatch):
+    # `px-lightning test --ckpt_path` on the checkpoint a pruned fit saved gives the fit's own test metrics.
+    monkeypatch.chdir(tmp_path)
+    quick = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=1"]
+    quick += ["--trainer.enable_progress_bar=false", "--trainer.callbacks.init_args.rounds=2"]
+    fit = cli_main(["fit", "--config", str(CONFIG_DIR / "quickstart.yaml"), *quick])
+    fit_metrics = {k: float(v) for k, v in fit.trainer.callback_metrics.items() if k.startswith("test/")}
+    (checkpoint,) = (tmp_path / "logs").rglob("*.ckpt")
+    test = cli_main(
+        ["test", "--config", str(CONFIG_DIR / "quickstart.yaml"), f"--ckpt_path={checkpoint}", *quick]
+    )
+    test_metrics = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
+    assert fit_metrics and test_metrics == pytest.approx(fit_metrics, abs=1e-6)
