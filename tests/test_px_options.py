@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from px_lightning.pruning import compute_scores, find_masks, threshold_masks
+from px_lightning.pruning import apply_masks, compute_scores, find_masks, threshold_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
 import models as conformance_models
@@ -119,3 +119,36 @@ def test_bad_options_are_named():
         compute_scores(model, "px", data, layer_floor=1.5)
     with pytest.raises(TypeError, match="bn_warmup"):
         compute_scores(model, "px", data, bn_warmup="yes")
+
+
+def test_layer_norm_sum_divides_each_layers_scores_by_its_total():
+    model, data = small_cnn(), batches()
+    raw = compute_scores(model, "px", data)
+    normed = compute_scores(model, "px", data, layer_norm="sum")
+    for name, s in raw.items():
+        assert torch.allclose(normed[name], s / s.sum(), rtol=1e-12, atol=0), name
+        assert math.isclose(float(normed[name].sum()), 1.0, rel_tol=1e-9), name
+    # The raw layer totals differ, so the normalisation changes the global ranking, not just the scale.
+    totals = [float(s.sum()) for s in raw.values()]
+    assert max(totals) / min(totals) > 1.5
+    # Why it is a no-op on a plain chain with head="body": there PX already conserves the score per layer
+    # (every layer's total is the same z1 . z2), so the option only matters for branches or the head.
+    body = [float(s.sum()) for s in compute_scores(model, "px", data, head="body").values()]
+    assert max(body) / min(body) < 1.01
+
+
+def test_layer_norm_sum_keeps_pruned_weights_pruned_and_balances_the_layers():
+    model, data = small_cnn(), batches()
+    masks = find_masks(model, "px", data, density=0.02, rounds=4, layer_norm="sum")
+    kept = {n: int(m.sum()) for n, m in masks.items()}
+    assert all(k > 0 for k in kept.values()), kept  # no layer collapses
+    # Iterated per-layer conservation keeps comparable counts in every layer (raw PX does not here).
+    assert max(kept.values()) <= 4 * min(kept.values()), kept
+    # A fully pruned layer (all-zero scores) stays all zero instead of becoming NaN.
+    emptied = {n: torch.ones_like(m) for n, m in masks.items()}
+    emptied["conv2.weight"] = torch.zeros_like(masks["conv2.weight"])
+    scores = compute_scores(apply_masks(copy.deepcopy(model), emptied), "px", data, layer_norm="sum")
+    assert not bool(scores["conv2.weight"].any())
+    assert all(bool(torch.isfinite(s).all()) for s in scores.values())
+    with pytest.raises(ValueError, match="layer_norm"):
+        compute_scores(model, "px", data, layer_norm="mean")

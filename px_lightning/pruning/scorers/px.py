@@ -26,9 +26,16 @@ may drop whole residual branches.
 - ``bn_warmup=True``: before each round's scoring, the BatchNorm running statistics of the scoring copies
   are estimated on the scoring batches (cumulative average over the masked network's forward passes), so
   the eval-mode activation and kernel copies use data statistics instead of the initial 0/1.
+- ``layer_norm="sum"``: each prunable tensor's scores are divided by their sum, so every layer carries
+  the same total score in every round (SynFlow's per-layer conservation, enforced). Iterated, this keeps
+  about the same number of weights in every layer, so no layer or residual branch collapses and short
+  paths (1x1 shortcut convolutions, whose few weights carry a large share of PX's score) cannot take the
+  budget of the branches. ``"none"`` (default) keeps the raw scores. With data-parallel score reduction
+  each rank's scores are normalised before the sum (every layer then sums to the number of ranks).
 
 Example:
     >>> find_masks(model, "px", batches, density=0.01, rounds=20, dense_head=True, bn_warmup=True)
+    >>> find_masks(model, "px", batches, density=0.005, rounds=10, head="body", layer_norm="sum")
 """
 
 from __future__ import annotations
@@ -138,6 +145,7 @@ class PXScorer(Scorer):
         dense_head: bool = False,
         layer_floor: float = 0.0,
         bn_warmup: bool = False,
+        layer_norm: str = "none",
     ) -> None:
         if kernel_norm not in ("eval", "train"):
             raise ValueError(f"kernel_norm must be 'eval' or 'train', got {kernel_norm!r}")
@@ -155,7 +163,10 @@ class PXScorer(Scorer):
             )
         if not isinstance(bn_warmup, bool):
             raise TypeError(f"bn_warmup must be True or False, got {bn_warmup!r}")
+        if layer_norm not in ("none", "sum"):
+            raise ValueError(f"layer_norm must be 'none' or 'sum', got {layer_norm!r}")
         self.kernel_norm, self.head, self.dense_head = kernel_norm, head, dense_head
+        self.layer_norm = layer_norm
         self.layer_floor, self.bn_warmup = float(layer_floor), bn_warmup
         self._head_name: str | None = None
 
@@ -245,4 +256,8 @@ class PXScorer(Scorer):
                 out = torch.func.functional_call(net, {**kernel, **fresh_buffers()}, (ones,), strict=False)
             total = total + (z1 * model_output(out)[0]).sum()
         total.backward()
-        return {n: leaves[n].grad.abs() * weights[n] ** 2 for n in weights}
+        scores = {n: leaves[n].grad.abs() * weights[n] ** 2 for n in weights}
+        if self.layer_norm == "sum":
+            # A layer whose scores are all zero (fully pruned) stays zero rather than dividing by zero.
+            scores = {n: s / s.sum() if bool(s.any()) else s for n, s in scores.items()}
+        return scores
