@@ -229,3 +229,26 @@ def test_download_fetches_checks_and_unpacks_the_archive(tmp_path, monkeypatch):
     # Present already: no second download (a wrong MD5 would fail if it tried).
     monkeypatch.setattr(voc, "VOC2012_MD5", "0" * 32)
     dm.prepare_data()
+
+
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_scoring_dataloader_class_balanced_subset(tmp_path, per_class):
+    data_dir = write_voc(tmp_path, n_train=8)
+    dm = _dm(data_dir, examples_per_class=per_class)
+    batches = list(dm.scoring_dataloader())
+    # The expected subset, computed from the PNGs here: walk the list, keep an image when it shows a
+    # foreground class that has fewer than per_class images so far.
+    shown = [set(np.unique(np.array(Image.open(p))).tolist()) - {0, 255} for p in dm.train_set.masks]
+    counts, expected = {}, []
+    for i, classes in enumerate(shown):
+        if any(counts.get(c, 0) < per_class for c in classes):
+            expected.append(i)
+            for c in classes:
+                counts[c] = counts.get(c, 0) + 1
+    assert 0 < len(expected) < len(shown)  # the tiny tree makes the subset a proper one
+    got = torch.cat([y for _, y in batches])
+    crop = SegmentationTransform("center_crop", 48)
+    want = torch.stack([crop(*dm.train_set.read(i))[1] for i in expected])
+    assert torch.equal(got, want)
+    for c in set().union(*shown):
+        assert sum(c in shown[i] for i in expected) >= min(per_class, sum(c in s for s in shown))

@@ -239,6 +239,23 @@ class VOCSegmentationDataset(Dataset):
         return self.transform(image, mask)
 
 
+def _balanced_indices(dataset: VOCSegmentationDataset, per_class: int) -> list[int]:
+    """Indices, in list order, of the first ``per_class`` images showing each foreground class."""
+    counts = dict.fromkeys(range(1, dataset.num_classes), 0)
+    chosen = []
+    for index, mask_path in enumerate(dataset.masks):
+        if all(c >= per_class for c in counts.values()):
+            break  # only the masks up to here are read
+        with Image.open(mask_path) as png:
+            shown = {int(v) for v in np.unique(np.asarray(png))} & counts.keys()
+        wanted = [c for c in shown if counts[c] < per_class]
+        if wanted:
+            chosen.append(index)
+            for c in shown:
+                counts[c] += 1
+    return chosen
+
+
 class VOCSegmentationDataModule(L.LightningDataModule):
     """Pascal VOC 2012 segmentation (21 classes, 255 ignored) with the published DeepLabV3+ transforms.
 
@@ -255,6 +272,9 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         scale_range: random scale range of the training transform.
         scoring_batches: batches of ``batch_size`` that ``scoring_dataloader()`` returns for pruning.
         scoring_seed: seed choosing the scoring images (the same on every rank and run).
+        examples_per_class: when set, ``scoring_dataloader()`` takes instead a class-balanced subset: for
+            each foreground class, the first ``examples_per_class`` training images (in list order) whose
+            mask shows it (an image counts for every class it shows); background is in nearly every image.
         num_classes: class count the masks are checked against.
 
     Example:
@@ -274,6 +294,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         scale_range: tuple[float, float] = (0.5, 2.0),
         scoring_batches: int = 1,
         scoring_seed: int = 0,
+        examples_per_class: int | None = None,
         num_classes: int = 21,
         pin_memory: bool = True,
     ) -> None:
@@ -284,6 +305,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
             ("batch_size", batch_size),
             ("crop_size", crop_size),
             ("scoring_batches", scoring_batches),
+            ("examples_per_class", 1 if examples_per_class is None else examples_per_class),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -297,6 +319,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         self.num_workers, self.val_mode, self.augmented = num_workers, val_mode, augmented
         self.scale_range, self.num_classes, self.pin_memory = tuple(scale_range), num_classes, pin_memory
         self.scoring_batches, self.scoring_seed = scoring_batches, scoring_seed
+        self.examples_per_class = examples_per_class
         self.ignore_index = IGNORE_INDEX
         self.class_names = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
         self.train_set: VOCSegmentationDataset | None = None
@@ -378,15 +401,20 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def scoring_dataloader(self) -> DataLoader:
-        """``scoring_batches`` batches of training images for pruning: center crops (no random
-        augmentation) of images drawn with ``scoring_seed``, so every rank and rerun scores on the same data.
+        """Training images for pruning, center-cropped (no random augmentation), the same on every rank
+        and rerun: ``scoring_batches`` batches drawn with ``scoring_seed``, or with ``examples_per_class``
+        the class-balanced subset described in the class docstring.
         """
         self.setup("fit")
         fixed = SegmentationTransform("center_crop", self.crop_size)
         dataset = self._train_dataset(fixed)
-        count = min(len(dataset), self.scoring_batches * self.batch_size)
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.scoring_seed))
-        subset = Subset(dataset, order[:count].tolist())
+        if self.examples_per_class is not None:
+            indices = _balanced_indices(dataset, self.examples_per_class)
+        else:
+            count = min(len(dataset), self.scoring_batches * self.batch_size)
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.scoring_seed))
+            indices = order[:count].tolist()
+        subset = Subset(dataset, indices)
         return DataLoader(subset, batch_size=self.batch_size, shuffle=False, num_workers=0)
 
 
