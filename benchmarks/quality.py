@@ -12,7 +12,8 @@ Each run appends one JSON line to ``--out``; an interrupted benchmark resumes wh
     python benchmarks/quality.py --models cnn --methods random px --densities 0.05 --seeds 0 --steps 20
 
 Iterative methods (SynFlow, NTK-SAP, PX and its options) run ``--rounds`` rounds (10 here, where PX and
-SynFlow publish 100 and NTK-SAP 20), to fit the CPU budget; SNIP, GraSP, magnitude and random are one-shot.
+SynFlow publish 100 and NTK-SAP 20), to fit the CPU budget, except the ``..._r100`` variants (100 rounds);
+SNIP, GraSP, magnitude and random are one-shot.
 Training is short (``--steps`` 80 SGD steps of 64 images, about 3.5 epochs, one-cycle learning rate).
 """
 
@@ -34,11 +35,20 @@ from torch import nn
 
 from px_lightning.models.cifar_resnet import CifarResNet
 from px_lightning.models.small_cnn import SmallCNN
-from px_lightning.pruning import apply_masks, find_masks, sparsity_report
-from px_lightning.pruning.scorers import SCORERS
+from px_lightning.pruning import (
+    apply_masks,
+    compute_scores,
+    density_schedule,
+    find_masks,
+    prunable_parameters,
+    sparsity_report,
+    threshold_masks,
+)
+from px_lightning.pruning.scorers import SCORERS, get_scorer
 
 HERE = Path(__file__).resolve().parent
 DENSITIES = (0.05, 0.02, 0.01, 0.005)
+SEEDS = (0, 1, 2)  # the table marks cells averaged over another number of seeds with "n=K"
 
 # name -> (method, options). "px" is the library default (kernel_norm="eval"); "px_train" the published code.
 METHODS: dict[str, tuple[str | None, dict]] = {
@@ -56,9 +66,38 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     "px_floor0.2": ("px", {"layer_floor": 0.2}),
     "px_bn_warmup": ("px", {"bn_warmup": True}),
     "px_head_body_bn_warmup": ("px", {"head": "body", "bn_warmup": True}),
+    # Follow-up on the ResNet's low densities (PX below SynFlow at d<=0.02): the three options together,
+    # the per-layer score normalisation (layer_norm="sum"), and the published 100 rounds for PX and SynFlow.
+    "px_head_body_bn_warmup_floor0.2": ("px", {"head": "body", "bn_warmup": True, "layer_floor": 0.2}),
+    "px_head_body_bn_warmup_floor0.5": ("px", {"head": "body", "bn_warmup": True, "layer_floor": 0.5}),
+    "px_layer_sum": ("px", {"layer_norm": "sum"}),
+    "px_head_body_bn_warmup_layer_sum": ("px", {"head": "body", "bn_warmup": True, "layer_norm": "sum"}),
+    "synflow_r100": ("synflow", {}),
+    "px_head_body_bn_warmup_r100": ("px", {"head": "body", "bn_warmup": True}),
+    "px_head_body_bn_warmup_floor0.2_r100": (
+        "px",
+        {"head": "body", "bn_warmup": True, "layer_floor": 0.2},
+    ),
+    "px_head_body_bn_warmup_layer_sum_r100": (
+        "px",
+        {"head": "body", "bn_warmup": True, "layer_norm": "sum"},
+    ),
+    # Diagnostics, not methods: allocation (how many weights each layer keeps) from one method's iteration,
+    # selection (which weights within the layer) from another's scores, both iterating in lockstep. They
+    # split the PX-SynFlow gap into "where the budget goes" and "which weights PX picks".
+    "hybrid_px_select_synflow_alloc": (
+        "hybrid",
+        {"select": ("px", {"head": "body", "bn_warmup": True}), "allocate": ("synflow", {})},
+    ),
+    "hybrid_synflow_select_px_alloc": (
+        "hybrid",
+        {"select": ("synflow", {}), "allocate": ("px", {"head": "body", "bn_warmup": True})},
+    ),
 }
 SEEDED = {"random", "ntksap"}  # methods that draw random numbers: seeded with the run's seed
-ITERATIVE = {"synflow", "ntksap", "px"}
+ITERATIVE = {"synflow", "ntksap", "px", "hybrid"}
+# Variants named "..._rN" run N rounds whatever --rounds says (the rounds are part of the variant).
+FIXED_ROUNDS = {name: int(name.rsplit("_r", 1)[1]) for name in METHODS if name.rsplit("_r", 1)[-1].isdigit()}
 
 
 def build_model(name: str) -> nn.Module:
@@ -97,6 +136,28 @@ def scoring_batch(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int) -
     return [(x[idx], y[idx])]
 
 
+def hybrid_masks(model: nn.Module, select: tuple, allocate: tuple, batches, density: float, rounds: int):
+    """Per-layer kept counts from ``allocate``'s own iteration, the weights kept within each layer chosen
+    by ``select``'s scores (on its own masks), round by round (exponential schedule, global scope)."""
+    sel, alloc = get_scorer(select[0], **select[1]), get_scorer(allocate[0], **allocate[1])
+    names = list(prunable_parameters(model))
+    weights = {n: model.get_parameter(n).detach().clone() for n in names}
+    alloc_masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    sel_masks = dict(alloc_masks)
+    for round_density in density_schedule(density, rounds):
+        alloc_masks = threshold_masks(alloc.score(model, weights, alloc_masks, batches), round_density)
+        scores = sel.score(model, weights, sel_masks, batches)
+        new = {}
+        for n in names:
+            # A layer's count never grows (pruned weights score 0), so the top k lie among the kept ones.
+            s = scores[n].flatten().masked_fill(~sel_masks[n].flatten(), -math.inf)
+            keep = torch.zeros_like(s, dtype=torch.bool)
+            keep[torch.topk(s, int(alloc_masks[n].sum())).indices] = True
+            new[n] = keep.view_as(scores[n])
+        sel_masks = new
+    return sel_masks
+
+
 def train(model: nn.Module, x, y, steps: int, batch: int, lr: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -133,12 +194,18 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
         options = dict(options)
         if method_name in SEEDED:
             options["seed"] = seed
-        rounds = args.rounds if method in ITERATIVE else 1
+        rounds = FIXED_ROUNDS.get(method_name, args.rounds) if method in ITERATIVE else 1
+        record["rounds"] = rounds
         batches = scoring_batch(x_train, y_train, args.per_class, seed)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # collapse is recorded below, from the masks
-                masks = find_masks(model, method, batches, density=density, rounds=rounds, **options)
+                if method == "hybrid":
+                    masks = hybrid_masks(
+                        model, options["select"], options["allocate"], batches, density, rounds
+                    )
+                else:
+                    masks = find_masks(model, method, batches, density=density, rounds=rounds, **options)
         except (RuntimeError, ValueError) as err:  # e.g. all-zero scores of px_train on BatchNorm
             return {
                 **record,
@@ -156,6 +223,30 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
     record["train_s"] = time.perf_counter() - start
     record["accuracy"] = accuracy(model, x_test, y_test)
     return record
+
+
+def score_shares(model_name: str, method_names: list[str], seed: int, data, per_class: int) -> str:
+    """Markdown: each layer's share (%) of the total score at initialisation (one round, dense model)."""
+    x_train, y_train = data[0], data[1]
+    torch.manual_seed(seed)
+    model = build_model(model_name)
+    batches = scoring_batch(x_train, y_train, per_class, seed)
+    names = list(prunable_parameters(model))
+    lines = [
+        "| method | " + " | ".join(f"{_short(n)} ({model.get_parameter(n).numel()})" for n in names) + " |"
+    ]
+    lines.append("| --- |" + " --- |" * len(names))
+    for method_name in method_names:
+        method, options = METHODS[method_name]
+        if method in (None, "hybrid"):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = compute_scores(model, method, batches, **options)
+        total = sum(float(v.double().sum()) for v in scores.values())
+        cells = [f"{100 * float(scores[n].double().sum()) / total:.2f}" for n in names]
+        lines.append(f"| {method_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def load(path: Path) -> list[dict]:
@@ -177,12 +268,15 @@ def report(records: list[dict], plot: Path | None) -> str:
     summary: dict = {}
     for model in models:
         lines.append(
-            f"\n**{model}** — test accuracy (%), mean ± std over seeds; `cK` = K runs with a collapsed layer"
+            f"\n**{model}** — test accuracy (%), mean ± std over {len(SEEDS)} seeds (`n=K`: over K seeds); "
+            "`cK` = K runs with a collapsed layer"
         )
         lines.append("")
         lines.append("| method | " + " | ".join(f"d={d:g}" for d in densities) + " |")
         lines.append("| --- |" + " --- |" * len(densities))
         for method in methods:
+            if not any(r["model"] == model and r["method"] == method for r in records):
+                continue  # a variant run on the other model only
             cells = []
             for d in densities:
                 rs = [
@@ -199,6 +293,8 @@ def report(records: list[dict], plot: Path | None) -> str:
                     cells.append("–")
                     continue
                 cell = f"{statistics.mean(accs):.1f} ± {statistics.pstdev(accs):.1f}" if accs else "n/a"
+                if len(rs) != len(SEEDS):
+                    cell += f" n={len(rs)}"
                 if collapsed:
                     cell += f" c{collapsed}"
                 if errors:
@@ -207,6 +303,7 @@ def report(records: list[dict], plot: Path | None) -> str:
                 cells.append(cell)
                 summary[(model, method, d)] = accs
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.extend(_paired(records, model, methods, densities))
         # Per-layer densities at the lowest density, mean over seeds; 0 = collapsed in every seed.
         d = min(densities)
         rs = [r for r in records if r["model"] == model and r["density"] == d and "layers" in r]
@@ -235,8 +332,51 @@ def report(records: list[dict], plot: Path | None) -> str:
                         )
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if plot is not None and summary:
-        _plot(records, models, methods, densities, plot)
+        # The hybrids are diagnostics (tables only): the plot shows methods.
+        _plot(records, models, [m for m in methods if not m.startswith("hybrid")], densities, plot)
     return "\n".join(lines)
+
+
+def _paired(records: list[dict], model: str, methods: list[str], densities: list[float]) -> list[str]:
+    """Methods run on more seeds than the default: accuracy minus SynFlow's on the same seeds (same
+    initialisation, scoring data and training order), mean ± standard error, against SynFlow with the
+    same rounds (``synflow_r100`` for ``..._r100``)."""
+    acc = {
+        (r["method"], r["density"], r["seed"]): 100 * r["accuracy"]
+        for r in records
+        if r["model"] == model and "accuracy" in r
+    }
+    rows = []
+    for method in methods:
+        if method.startswith("synflow") or method == "dense":
+            continue
+        base = "synflow_r100" if FIXED_ROUNDS.get(method) == 100 else "synflow"
+        cells, wide = [], False
+        for d in densities:
+            diffs = [
+                a - acc[(base, d, seed)]
+                for (m, dd, seed), a in acc.items()
+                if m == method and dd == d and (base, d, seed) in acc
+            ]
+            wide |= len(diffs) > len(SEEDS)
+            if len(diffs) < 2:
+                cells.append("–")
+                continue
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            cells.append(f"{statistics.mean(diffs):+.1f} ± {se:.1f} (n={len(diffs)})")
+        if wide:
+            rows.append(f"| {method} | {base} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    header = [
+        "",
+        "Paired difference to SynFlow (accuracy points, same seeds, same rounds), mean ± standard error,",
+        f"for the methods run on more than {len(SEEDS)} seeds",
+        "",
+        "| method | against | " + " | ".join(f"d={d:g}" for d in densities) + " |",
+        "| --- | --- |" + " --- |" * len(densities),
+    ]
+    return header + rows
 
 
 def _plot(records, models, methods, densities, path: Path) -> None:
@@ -304,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["cnn", "resnet"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the iterative methods")
     parser.add_argument("--steps", type=int, default=80, help="SGD steps of training (same for every run)")
     parser.add_argument("--size", type=int, default=16, help="image side after upsampling the 8x8 digits")
@@ -315,6 +455,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "quality_results.jsonl")
     parser.add_argument("--plot", type=Path, default=HERE / "quality_digits.png")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot from --out")
+    parser.add_argument(
+        "--score-shares",
+        action="store_true",
+        help="only print each layer's share of the total score at initialisation (first seed, --methods)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -323,6 +468,14 @@ def main(argv: list[str] | None = None) -> None:
         print("ntksap is not available in this checkout: skipped", file=sys.stderr)
         args.methods = [m for m in args.methods if m != "ntksap"]
     torch.set_num_threads(args.threads)
+    if args.score_shares:
+        data = digits(args.size)
+        for model_name in args.models:
+            print(
+                f"\n**{model_name}**, seed {args.seeds[0]}: share (%) of the total score per layer (size)\n"
+            )
+            print(score_shares(model_name, args.methods, args.seeds[0], data, args.per_class))
+        return
     if not args.report:
         data = digits(args.size)
         done = {(r["model"], r["method"], r["density"], r["seed"]) for r in load(args.out)}
