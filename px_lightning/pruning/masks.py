@@ -128,7 +128,12 @@ def plain_copy(model: nn.Module) -> nn.Module:
         if not parametrize.is_parametrized(module):
             continue
         values = {attr: getattr(module, attr).detach().clone() for attr in module.parametrizations}
-        requires = {attr: module.parametrizations[attr].original.requires_grad for attr in values}
+        # The tensor is trainable if its original is; a multi-input parametrization (weight_norm) holds
+        # original0, original1, ... instead of original.
+        requires = {
+            attr: any(t.requires_grad for t in module.parametrizations[attr].parameters(recurse=False))
+            for attr in values
+        }
         module.__class__ = type(module).__bases__[0]
         del module._modules["parametrizations"]
         for attr, value in values.items():
