@@ -37,6 +37,14 @@ def _scoring_batches(batches: Iterable, scorer: Scorer) -> list:
     return batches
 
 
+def _rank_pruned_last(scores: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    # A pruned weight scores 0; with signed scores (GraSP) 0 can rank above kept weights' negative scores
+    # and the pruned weight would come back. Non-negative scores are left as they are (published threshold).
+    if not any(bool((s < 0).any()) for s in scores.values()):
+        return scores
+    return {n: s.masked_fill(~masks[n].to(s.device), float("-inf")) for n, s in scores.items()}
+
+
 def _check_scores(scores: dict[str, Tensor], method: str) -> None:
     for n, s in scores.items():
         if not torch.isfinite(s).all():
@@ -121,7 +129,9 @@ def find_masks(
             )
         # A scorer may ask for constrained thresholding (PX's dense_head / layer_floor options).
         constraints = scorer.thresholding(weights) if hasattr(scorer, "thresholding") else {}
-        masks = threshold_masks(scores, round_density, scope, **constraints)
+        new = threshold_masks(_rank_pruned_last(scores, masks), round_density, scope, **constraints)
+        # Continue from the current masks: a pruned weight never comes back, whatever a scorer returns.
+        masks = {n: m & masks[n].to(m.device) for n, m in new.items()}
         if progress is not None:
             progress(done, rounds)
     warn_collapsed(masks, scorer.name)
