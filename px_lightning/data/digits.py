@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -83,6 +85,10 @@ def _stratified_split(targets: Tensor, num_classes: int) -> tuple[Tensor, Tensor
 class DigitsDataModule(ClassificationDataModule):
     """The scikit-learn digits at 32x32 (see the module docstring); 10 classes.
 
+    ``data_dir`` is accepted so that every DataModule takes the same arguments (a config can switch
+    DataModule class without editing them), but nothing is read from or written to it: the digits ship
+    inside scikit-learn.
+
     Example:
         >>> dm = DigitsDataModule(); dm.setup("fit"); len(dm.train_set)
         1259
@@ -92,6 +98,7 @@ class DigitsDataModule(ClassificationDataModule):
 
     def __init__(
         self,
+        data_dir: str | Path | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         examples_per_class: int = 10,
@@ -99,6 +106,7 @@ class DigitsDataModule(ClassificationDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, examples_per_class, pin_memory)
+        self.data_dir = data_dir
         self.augment = augment
 
     def setup(self, stage: str | None = None) -> None:
