@@ -385,12 +385,12 @@ def _plot(records, models, methods, densities, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 6.2), squeeze=False)
     # Baselines dashed in one palette, PX variants solid in another, so the two families read apart.
     baselines = [m for m in methods if not m.startswith("px") and m != "dense"]
     pxs = [m for m in methods if m.startswith("px")]
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(baselines)}
-    colours.update({m: plt.cm.Dark2(i % 8) for i, m in enumerate(pxs)})
+    colours.update({m: plt.cm.tab20b((3 * i) % 20 + (3 * i) // 20) for i, m in enumerate(pxs)})
     for ax, model in zip(axes[0], models):
         for i, method in enumerate(methods):
             style = "-" if method.startswith("px") else "--"
@@ -418,7 +418,7 @@ def _plot(records, models, methods, densities, path: Path) -> None:
                 means,
                 yerr=stds,
                 ls=style,
-                marker="o" if method.startswith("px") else "s",
+                marker=("^" if method.endswith("_r100") else "o") if method.startswith("px") else "s",
                 ms=3,
                 capsize=2,
                 label=method,
@@ -433,8 +433,17 @@ def _plot(records, models, methods, densities, path: Path) -> None:
         ax.set_title(f"Digits (upsampled), {model}: mean ± std over seeds")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=7, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    # Legend entries of every panel (a variant may have run on one model only), in method order.
+    for ax in axes[0][1:]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    order = sorted(range(len(labels)), key=lambda i: methods.index(labels[i]) if labels[i] in methods else -1)
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    rows = math.ceil(len(labels) / 5)
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
