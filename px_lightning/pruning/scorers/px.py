@@ -28,10 +28,13 @@ may drop whole residual branches.
   the eval-mode activation and kernel copies use data statistics instead of the initial 0/1.
 - ``layer_norm="sum"``: each prunable tensor's scores are divided by their sum, so every layer carries
   the same total score in every round (SynFlow's per-layer conservation, enforced). Iterated, this keeps
-  about the same number of weights in every layer, so no layer or residual branch collapses and short
-  paths (1x1 shortcut convolutions, whose few weights carry a large share of PX's score) cannot take the
-  budget of the branches. ``"none"`` (default) keeps the raw scores. With data-parallel score reduction
-  each rank's scores are normalised before the sum (every layer then sums to the number of ranks).
+  about the same number of weights in every layer, so no layer or residual branch collapses and a 1x1
+  shortcut convolution (whose few weights carry a third of a stage's PX score) keeps no more weights than
+  a branch convolution. A no-op up to scale on a plain chain with ``head="body"`` (PX already conserves
+  the score per layer there). On the Digits ResNet-8 it helps with 100 rounds, not with 10
+  (``benchmarks/README.md``, Quality). ``"none"`` (default) keeps the raw scores. Under data-parallel
+  sharded scoring each rank normalises its own scores before the sum, which is close to but not exactly
+  the single-process normalisation.
 
 Example:
     >>> find_masks(model, "px", batches, density=0.01, rounds=20, dense_head=True, bn_warmup=True)
