@@ -73,7 +73,8 @@ def compute_scores(
     targets = prunable_parameters(model, include, exclude)
     weights = _effective_weights(model, list(targets))
     masks = _start_masks(model, weights)
-    scores = scorer.score(model, weights, masks, batches, loss_fn)
+    with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
+        scores = scorer.score(model, weights, masks, batches, loss_fn)
     _check_scores(scores, scorer.name)
     return scores
 
@@ -117,7 +118,8 @@ def find_masks(
     weights = _effective_weights(model, list(targets))
     masks = _start_masks(model, weights)
     for done, round_density in enumerate(density_schedule(density, rounds, schedule), start=1):
-        scores = scorer.score(model, weights, masks, batches, loss_fn)
+        with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
+            scores = scorer.score(model, weights, masks, batches, loss_fn)
         if reduce_scores is not None:
             scores = reduce_scores(scores)
         _check_scores(scores, scorer.name)
