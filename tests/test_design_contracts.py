@@ -289,7 +289,7 @@ def test_synflow_scores_in_eval_mode():
                 t.abs_()
     copy_(torch.ones(1, 3, 6, 6, dtype=torch.float64)).sum().backward()
     direct = {
-        n: (copy_.get_parameter(n).grad * copy_.get_parameter(n)).abs().float()
+        n: (copy_.get_parameter(n).grad * copy_.get_parameter(n)).detach().abs().float()
         for n in ["conv.weight", "fc1.weight", "fc2.weight"]
     }
     assert_same_scores(compute_scores(model, "synflow", batches()), direct, 1e-6)
@@ -544,8 +544,10 @@ def test_cli_entry_point_and_configs():
         assert (ROOT / config).is_file(), config
 
 
-def test_cli_subcommands(capsys):
+def test_cli_subcommands(capsys, monkeypatch):
     from px_lightning.cli import cli_main
+
+    monkeypatch.setattr("sys.argv", ["px-lightning"])  # pytest's own arguments are not the CLI's
 
     with pytest.raises(SystemExit) as done:
         cli_main(["--help"])
