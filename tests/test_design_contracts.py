@@ -217,6 +217,16 @@ def test_batches_follow_the_models_dtype(method):
     assert all(s.dtype == torch.float64 and torch.isfinite(s).all() for s in scores.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to move batches to")
+@pytest.mark.parametrize("method", METHODS)
+def test_cpu_batches_are_moved_to_the_models_device(method):
+    model = net().cuda()
+    scores = scores_of(model, method, batches())
+    assert all(s.device.type == "cuda" for s in scores.values())
+    masks = masks_of(model, method, batches(), density=0.5, rounds=2)
+    assert all(m.device.type == "cuda" for m in masks.values())
+
+
 # --- prunable tensors ---------------------------------------------------------------------------------------
 
 
@@ -488,7 +498,6 @@ def test_digits_scoring_dataloader_is_a_balanced_subset(tmp_path):
     from px_lightning.data import DigitsDataModule
 
     dm = DigitsDataModule(data_dir=tmp_path, batch_size=8, num_workers=0, examples_per_class=2)
-    dm.setup("fit")
     labels = torch.cat([y for _, y in dm.scoring_dataloader()])
     assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), 2))
     assert not any(tmp_path.iterdir())  # nothing written: the digits ship with scikit-learn
