@@ -113,6 +113,17 @@ def test_public_api_as_written():
         assert bool((model.get_parameter(n)[~m] == 0).all()), n
 
 
+def test_remove_masks_names_other_parametrizations_it_makes_permanent():
+    model = net()
+    torch.nn.utils.parametrizations.weight_norm(model.fc1)
+    masks = random_masks(model, 0.5)
+    apply_masks(model, masks)
+    with pytest.warns(UserWarning, match=r"fc1\.weight.*_WeightNorm"):
+        remove_masks(model)
+    for n, m in masks.items():
+        assert bool((model.get_parameter(n)[~m] == 0).all()), n
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_method_names_are_case_insensitive(method):
     model, data = net(), batches()

@@ -80,10 +80,25 @@ def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
-    """Remove every mask parametrization, leaving pruned weights at exactly zero (same Parameter objects)."""
-    for module in list(model.modules()):
+    """Remove every mask parametrization, leaving pruned weights at exactly zero (same Parameter objects).
+
+    A tensor that carries other parametrizations too (``weight_norm`` before the mask, say) has them made
+    permanent with the mask, with a warning naming them: the mask cannot be taken out of the chain alone
+    and keep the pruned weights at zero.
+    """
+    for module_name, module in list(model.named_modules()):
         for attr in list(getattr(module, "parametrizations", {}) or {}):
             if _mask_of(module, attr) is not None:
+                others = [
+                    type(p).__name__ for p in module.parametrizations[attr] if not isinstance(p, WeightMask)
+                ]
+                if others:
+                    name = f"{module_name}.{attr}" if module_name else attr
+                    warnings.warn(
+                        f"remove_masks: {name} also carries the parametrizations {others}; they are made "
+                        "permanent together with its mask",
+                        stacklevel=2,
+                    )
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
 
