@@ -228,6 +228,10 @@ class ClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split in order, ``(image, label)`` pairs: what ``px-lightning predict`` runs on."""
+        return self._loader(self.test_set, "test", shuffle=False)
+
     def scoring_indices(self) -> list[int]:
         """Indices (into the training set) of the balanced scoring subset."""
         if self.scoring_source is None:
