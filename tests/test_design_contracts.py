@@ -575,3 +575,15 @@ def test_cli_subcommands(capsys, monkeypatch):
     out = capsys.readouterr().out
     for sub in ("fit", "validate", "test", "predict"):
         assert sub in out
+
+
+def test_cli_predict_runs_on_the_quickstart_config(tmp_path, monkeypatch):
+    from px_lightning.cli import cli_main
+
+    monkeypatch.setattr("sys.argv", ["px-lightning"])
+    monkeypatch.chdir(tmp_path)
+    args = ["predict", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.logger=false"]
+    args += ["--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false"]
+    cli = cli_main(args)
+    predictions = cli.trainer.predict_loop.predictions
+    assert len(predictions) == 2 and all(p.shape == (32,) and p.max() < 10 for p in predictions)
