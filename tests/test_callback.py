@@ -379,6 +379,7 @@ def test_callback_reused_on_a_new_module_prunes_it_afresh(tmp_path):
         ("px", "auto", False),  # the callback's PX default warms BatchNorm up on all the scoring batches
         (CountingPX(), "auto", True),
         (CountingPX(bn_warmup=True), "auto", False),
+        (CountingPX(layer_norm="sum"), "auto", False),
         ("snip", "auto", False),
         ("grasp", "auto", False),
         ("magnitude", "auto", False),
@@ -417,12 +418,11 @@ def test_loss_based_scorers_use_the_modules_loss_fn(tmp_path):
 
 
 def test_px_defaults_of_the_callback_and_the_published_override():
-    assert ForesightPruningCallback(method="px", density=0.1).method_options == {
-        "head": "body",
-        "bn_warmup": True,
-    }
+    default = ForesightPruningCallback(method="px", density=0.1)
+    assert (default.scorer.head, default.scorer.bn_warmup, default.scorer.layer_floor) == ("body", True, 0.2)
     published = ForesightPruningCallback(
-        method="PX", density=0.1, method_options={"head": "published", "bn_warmup": False}
+        method="PX", density=0.1, method_options={"head": "published", "bn_warmup": False, "layer_floor": 0}
     )
-    assert (published.scorer.head, published.scorer.bn_warmup) == ("published", False)
+    scorer = published.scorer
+    assert (scorer.head, scorer.bn_warmup, scorer.layer_floor) == ("published", False, 0.0)
     assert ForesightPruningCallback(method="snip", density=0.1).method_options == {}

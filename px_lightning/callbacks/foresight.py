@@ -93,9 +93,10 @@ class _PlainKeyLoader:
 
 
 #: PX options the callback uses unless ``method_options`` sets them. The published scoring (``head="published"``,
-#: no BatchNorm warm-up) collapses layers at low density; these two won the quality benchmark among the PX
-#: variants (benchmarks/README.md, "Quality"). ``compute_scores``/``find_masks`` keep the published defaults.
-PX_CALLBACK_DEFAULTS: dict[str, Any] = {"head": "body", "bn_warmup": True}
+#: no BatchNorm warm-up, no floor) collapses layers at low density; together these three were the best PX
+#: of the quality benchmark (benchmarks/README.md, "Quality": the floor never binds on the plain CNN and
+#: keeps the ResNet's last branch alive). ``compute_scores``/``find_masks`` keep the published defaults.
+PX_CALLBACK_DEFAULTS: dict[str, Any] = {"head": "body", "bn_warmup": True, "layer_floor": 0.2}
 
 
 class ForesightPruningCallback(Callback):
@@ -122,10 +123,10 @@ class ForesightPruningCallback(Callback):
             entries at exactly zero.
         verbose: Print the per-layer density table (rank zero) after pruning.
         method_options: Options of the scoring method, e.g. ``{"kernel_norm": "eval"}`` for PX or
-            ``{"seed": 0}`` for random. For ``method="px"`` the callback adds ``head="body"`` and
-            ``bn_warmup=True`` unless given here (``PX_CALLBACK_DEFAULTS``: they keep the classifier and
-            the residual blocks alive at low density); ``{"head": "published", "bn_warmup": False}`` gives
-            the published scoring. SNIP and GraSP score with the LightningModule's ``loss_fn``
+            ``{"seed": 0}`` for random. For ``method="px"`` the callback adds ``head="body"``,
+            ``bn_warmup=True`` and ``layer_floor=0.2`` unless given here (``PX_CALLBACK_DEFAULTS``: they
+            keep the classifier and the residual blocks alive at low density);
+            ``{"head": "published", "bn_warmup": False, "layer_floor": 0}`` gives the published scoring. SNIP and GraSP score with the LightningModule's ``loss_fn``
             attribute when it has one (so a segmenter's ``ignore_index=255`` holds), else cross-entropy.
         distributed_scoring: Under DDP, ``"shard"``: each rank scores its share of whole scoring batches
             and the scores are summed across ranks before each round's threshold (data-parallel);
@@ -362,7 +363,9 @@ class ForesightPruningCallback(Callback):
         """Whether DDP ranks score shares of the batches (``distributed_scoring``, ``"auto"`` resolved)."""
         if self.distributed_scoring == "auto":
             # BatchNorm warm-up on a rank's share would see other statistics than one process on all batches.
-            return isinstance(self.scorer, PXScorer) and not self.scorer.bn_warmup
+            # So would per-layer normalisation of a rank's partial scores.
+            scorer = self.scorer
+            return isinstance(scorer, PXScorer) and not scorer.bn_warmup and scorer.layer_norm == "none"
         return self.distributed_scoring == "shard"
 
     def _scoring_batches(self, trainer: pl.Trainer) -> list:
