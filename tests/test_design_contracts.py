@@ -469,7 +469,21 @@ def test_ntksap_runs_on_float64():
 # --- PX activations -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("act", [nn.GELU(), nn.SiLU(), nn.LeakyReLU(), nn.ELU(), nn.ReLU6(), nn.Mish()])
+@pytest.mark.parametrize(
+    "act",
+    [
+        nn.GELU(),
+        nn.SiLU(),
+        nn.LeakyReLU(),
+        nn.ELU(),
+        nn.ReLU6(),
+        nn.Mish(),
+        nn.Tanh(),
+        nn.Sigmoid(),
+        nn.Hardsigmoid(inplace=True),
+        nn.Softsign(),
+    ],
+)
 def test_px_treats_other_activations_like_relu(act):
     # One hidden layer: the gate pre-activation > 0 is the same whatever the activation.
     def mlp(a):

@@ -9,7 +9,7 @@ squared weights and biases, activations as the identity, runs on all-ones: outpu
 ``kernel_norm="eval"`` (default) runs the kernel copy's normalisation layers in ``eval()`` mode: a linear
 path network, well-posed. ``"train"`` is the published code, whose kernel scores are float round-off when
 BatchNorm precedes global pooling. ``z2`` does not depend on the data, so it is computed once per input
-shape and round. Activations other than ReLU (GELU, SiLU, ...) are treated as ReLU. Dropout is off in
+shape and round. Activations other than ReLU (GELU, SiLU, tanh, sigmoid, ...) are treated as ReLU. Dropout is off in
 every copy, so scores are deterministic.
 
 Options against layer collapse (all off by default, which is the published computation). PX tends to
@@ -72,8 +72,23 @@ _ACTIVATIONS = {
     F.hardswish,
     F.hardtanh,
     F.softplus,
+    # Saturating activations too, as DESIGN.md states (a squeeze-excitation gate becomes linear in the
+    # kernel path, like every other activation).
+    torch.tanh,
+    torch.tanh_,
+    F.tanh,
+    Tensor.tanh,
+    Tensor.tanh_,
+    torch.sigmoid,
+    torch.sigmoid_,
+    F.sigmoid,
+    Tensor.sigmoid,
+    Tensor.sigmoid_,
+    F.hardsigmoid,
+    F.logsigmoid,
+    F.softsign,
 }
-_INPLACE = {F.relu_, torch.relu_, Tensor.relu_}
+_INPLACE = {F.relu_, torch.relu_, Tensor.relu_, torch.tanh_, Tensor.tanh_, torch.sigmoid_, Tensor.sigmoid_}
 
 
 def _is_inplace(func, args, kwargs) -> bool:
