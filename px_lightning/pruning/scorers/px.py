@@ -115,6 +115,7 @@ class _GateMode(TorchFunctionMode):
         if self.index >= len(self.gates):
             raise RuntimeError("PX: the data-path pass called more activations than the activation pass")
         gate = self.gates[self.index]
+        self.gates[self.index] = None  # used once: free it now rather than after the whole pass
         self.index += 1
         return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
 
@@ -217,8 +218,12 @@ class PXScorer(Scorer):
                 stacklevel=4,
             )
         ref = next(iter(weights.values()))
+        # The masked weights are written into the copy's own tensors (no second full-size copy); the copy's
+        # prunable weights are read nowhere else, and the kernel pass squares them in place below.
+        with torch.no_grad():
+            for n in weights:
+                torch.mul(weights[n], masks[n], out=net.get_parameter(n).detach())
         real = {f"{n}.weight": m.weight.detach() for n, m in layers}
-        real.update({n: weights[n] * masks[n] for n in weights})
         biases = {f"{n}.bias": m.bias.detach() for n, m in layers if getattr(m, "bias", None) is not None}
         buffers = dict(net.named_buffers())
 
@@ -253,19 +258,24 @@ class PXScorer(Scorer):
                 z1 = model_output(out).sum(0)
                 key = tuple(x.shape[1:])
                 z1_sums[key] = z1_sums[key] + z1 if key in z1_sums else z1
+                del recorder, out
+        del data_path  # a full-size float copy of the masks: not needed by the kernel pass
 
+        # Kernel copy: the weights (already masked above) squared in place, so the leaves are the copy's own
+        # tensors and the kernel pass needs no further full-size copy. The masks are applied to the gradient
+        # afterwards, which gives the same values as multiplying them in the graph (a factor 1 or 0).
         leaves = {}
         kernel = {}
-        for n, _ in layers:
-            w, b = f"{n}.weight", f"{n}.bias"
-            value = real[w] if n == real_head else real[w] ** 2
-            if w in masks:
-                leaves[w] = value.clone().requires_grad_(True)
-                kernel[w] = leaves[w] * masks[w]
-            else:
+        with torch.no_grad():
+            for n, _ in layers:
+                w, b = f"{n}.weight", f"{n}.bias"
+                value = real[w] if n == real_head else real[w].pow_(2)
+                if w in masks:
+                    leaves[w] = value.requires_grad_(True)
                 kernel[w] = value
-            if b in biases:
-                kernel[b] = biases[b] if n == real_head else biases[b] ** 2
+                if b in biases:
+                    kernel[b] = biases[b] if n == real_head else biases[b] ** 2
+        del real
         _set_modes(net, norm_train=self.kernel_norm == "train")
         total = 0
         for shape, z1 in z1_sums.items():
@@ -274,7 +284,12 @@ class PXScorer(Scorer):
                 out = torch.func.functional_call(net, {**kernel, **fresh_buffers()}, (ones,), strict=False)
             total = total + (z1 * model_output(out)[0]).sum()
         total.backward()
-        scores = {n: leaves[n].grad.abs() * weights[n] ** 2 for n in weights}
+        del total, out, kernel
+        scores = {}
+        for n in weights:
+            # In place on the gradient, one layer at a time: no second full-size set of temporaries.
+            grad = leaves.pop(n).grad
+            scores[n] = grad.mul_(masks[n]).abs_().mul_(weights[n] ** 2)
         if self.layer_norm == "sum":
             # A layer whose scores are all zero (fully pruned) stays zero rather than dividing by zero.
             scores = {n: s / s.sum() if bool(s.any()) else s for n, s in scores.items()}
