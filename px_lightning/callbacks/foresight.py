@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..pruning import apply_masks, find_masks, get_masks, prunable_parameters, remove_masks, sparsity_report
 from ..pruning.masks import WeightMask
+from ..pruning.schedule import flatten_named, split_like
 from ..pruning.scorers import PXScorer, Scorer, get_scorer
 
 
@@ -487,27 +488,15 @@ def _advance(bar, done: int, total: int) -> None:
 
 
 def _all_reduce_sum(scores: dict[str, Tensor]) -> dict[str, Tensor]:
-    names = list(scores)
-    flat = torch.cat([scores[n].flatten() for n in names])
+    flat = flatten_named(scores)  # one collective for all layers
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    out, start = {}, 0
-    for n in names:
-        size = scores[n].numel()
-        out[n] = flat[start : start + size].view_as(scores[n])
-        start += size
-    return out
+    return split_like(flat, scores)
 
 
 def _broadcast_masks(masks: dict[str, Tensor]) -> dict[str, Tensor]:
-    names = list(masks)
-    flat = torch.cat([masks[n].flatten().to(torch.uint8) for n in names])
+    flat = flatten_named(masks).to(torch.uint8)  # not every backend takes bool tensors
     dist.broadcast(flat, src=0)
-    out, start = {}, 0
-    for n in names:
-        size = masks[n].numel()
-        out[n] = flat[start : start + size].view_as(masks[n]).to(torch.bool)
-        start += size
-    return out
+    return {n: m.to(torch.bool) for n, m in split_like(flat, masks).items()}
 
 
 def _check_same_batches(batches: Sequence) -> None:

@@ -27,6 +27,24 @@ def _keep_above(scores: Tensor, density: float) -> Tensor:
     return scores > threshold
 
 
+def flatten_named(tensors: dict[str, Tensor]) -> Tensor:
+    """The tensors of ``tensors`` as one flat tensor, in the dict's order (undone by ``split_like``).
+
+    Example:
+        >>> split_like(flatten_named(scores), scores)  # equal to scores
+    """
+    return torch.cat([t.flatten() for t in tensors.values()])
+
+
+def split_like(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Views of ``flat`` shaped as the tensors of ``like``, in its order (the inverse of ``flatten_named``)."""
+    out, start = {}, 0
+    for n, t in like.items():
+        out[n] = flat[start : start + t.numel()].view_as(t)
+        start += t.numel()
+    return out
+
+
 def threshold_masks(
     scores: dict[str, Tensor],
     density: float,
@@ -48,15 +66,7 @@ def threshold_masks(
     if dense or layer_floor:
         return _threshold_with_constraints(scores, density, scope, dense, layer_floor)
     if scope == "global":
-        names = list(scores)
-        flat = torch.cat([scores[n].flatten() for n in names])
-        keep = _keep_above(flat, density)
-        out, start = {}, 0
-        for n in names:
-            size = scores[n].numel()
-            out[n] = keep[start : start + size].view_as(scores[n])
-            start += size
-        return out
+        return split_like(_keep_above(flatten_named(scores), density), scores)
     if scope == "local":
         return {n: _keep_above(s, density) for n, s in scores.items()}
     raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
