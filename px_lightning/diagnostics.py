@@ -63,6 +63,18 @@ def plain_parameters(model: nn.Module) -> dict[str, Tensor]:
     return values
 
 
+def _check_named(arg: str, given, values: dict[str, Tensor], model: nn.Module) -> None:
+    """Every name in ``given`` is a parameter of ``model``; given tensors have that parameter's shape."""
+    unknown = [n for n in given if n not in values]
+    if unknown:
+        raise ValueError(f"{arg} names {unknown[:5]} are not parameters of {type(model).__name__}")
+    for n, t in given.items() if isinstance(given, dict) else ():
+        if tuple(t.shape) != tuple(values[n].shape):
+            raise ValueError(
+                f"{arg}[{n!r}] has shape {tuple(t.shape)}, the parameter {tuple(values[n].shape)}"
+            )
+
+
 def _parameters(
     model: nn.Module,
     masks: dict[str, Tensor] | None,
@@ -81,14 +93,8 @@ def _parameters(
     # The parametrized tensors' pre-mask values (``original``), so that dense=True sees the dense network.
     values = plain_parameters(model)
     if weights:
-        unknown = [n for n in weights if n not in values]
-        if unknown:
-            raise ValueError(f"weights names {unknown[:5]} are not parameters of {type(model).__name__}")
+        _check_named("weights", weights, values, model)
         for n, w in weights.items():
-            if tuple(w.shape) != tuple(values[n].shape):
-                raise ValueError(
-                    f"weights[{n!r}] has shape {tuple(w.shape)}, the parameter {tuple(values[n].shape)}"
-                )
             values[n] = w.detach().to(values[n].device, values[n].dtype)
     if isinstance(params, str):
         if params not in _PARAMS:
@@ -101,17 +107,8 @@ def _parameters(
             names = [n for n, p in net.named_parameters() if p.requires_grad]
     else:
         names = list(params)
-        unknown = [n for n in names if n not in values]
-        if unknown:
-            raise ValueError(f"params names {unknown} are not parameters of {type(model).__name__}")
-    unknown = [n for n in masks if n not in values]
-    if unknown:
-        raise ValueError(f"masks names {unknown} are not parameters of {type(model).__name__}")
-    for n, m in masks.items():
-        if tuple(m.shape) != tuple(values[n].shape):
-            raise ValueError(
-                f"mask for {n!r} has shape {tuple(m.shape)}, the tensor has {tuple(values[n].shape)}"
-            )
+        _check_named("params", names, values, model)
+    _check_named("masks", masks, values, model)
     if not names:
         raise ValueError(f"model {type(model).__name__} has no trainable parameter to take the NTK over")
     diff = {n: values[n] for n in names}
