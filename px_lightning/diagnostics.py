@@ -68,7 +68,9 @@ def _check_named(arg: str, given, values: dict[str, Tensor], model: nn.Module) -
     unknown = [n for n in given if n not in values]
     if unknown:
         raise ValueError(f"{arg} names {unknown[:5]} are not parameters of {type(model).__name__}")
-    for n, t in given.items() if isinstance(given, dict) else ():
+    if not isinstance(given, dict):
+        return  # names only
+    for n, t in given.items():
         if tuple(t.shape) != tuple(values[n].shape):
             raise ValueError(
                 f"{arg}[{n!r}] has shape {tuple(t.shape)}, the parameter {tuple(values[n].shape)}"
