@@ -116,6 +116,53 @@ def test_fit_adam_accumulation_clipping_bf16(tmp_path, capsys):
     assert "Pruning (px)" in err  # the rounds' progress bar, shown since enable_progress_bar=True
 
 
+class CountingGradScaler(torch.amp.GradScaler):
+    """The real GradScaler, counting the losses it scaled and the optimizer steps it took."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.scaled = 0
+        self.steps = 0
+
+    def scale(self, outputs):
+        self.scaled += 1
+        return super().scale(outputs)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.steps += 1
+        return super().step(optimizer, *args, **kwargs)
+
+
+def test_fit_sgd_momentum_clipping_16_mixed_with_a_cpu_grad_scaler(tmp_path):
+    # precision="16-mixed" alone falls back to bf16 on the CPU; an explicit plugin runs float16 autocast with
+    # a GradScaler there.
+    from lightning.pytorch.plugins import MixedPrecision
+
+    pl.seed_everything(9)
+    module = LitClassifier(optimizer="sgd", weight_decay=5e-3)
+    dtypes = []
+    module.net.hidden.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    scaler = CountingGradScaler("cpu", init_scale=2.0**8, growth_interval=1)
+    callback = ForesightPruningCallback(method="px", density=0.2, rounds=2, num_batches=1, verbose=False)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, max_steps=3, accumulate_grad_batches=2, gradient_clip_val=0.5),
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        callbacks=[callback],
+    )
+    trainer.fit(module, datamodule=TensorDataModule(make_tensors(96)))
+    assert torch.float16 in dtypes  # the training forwards ran under float16 autocast
+    # Six micro-batch losses scaled, three optimizer steps through the scaler, the scale doubled after each
+    # (growth_interval=1, no inf/NaN gradient).
+    assert (scaler.scaled, scaler.steps) == (6, 3)
+    assert scaler.get_scale() == 2.0**11
+    masks = get_masks(module)
+    total = sum(m.numel() for m in masks.values())
+    assert abs(sum(int(m.sum()) for m in masks.values()) - _expected_kept(total, 0.2)) <= 1
+    effective, originals = _effective(module), _originals(module)
+    for name, mask in masks.items():
+        assert bool((effective[name][~mask] == 0).all()) and bool((originals[name][~mask] == 0).all()), name
+
+
 def test_progress_bar_respects_enable_progress_bar_and_table_printed(tmp_path, capsys, caplog):
     pl.seed_everything(2)
     callback = ForesightPruningCallback(method="px", density=0.3, rounds=2, num_batches=1)
@@ -308,13 +355,6 @@ def test_all_zero_scores_fail_at_fit_start(tmp_path):
         RuntimeError, match="scores are all zero.*change method, method_options or the scoring"
     ):
         trainer.fit(module, datamodule=TensorDataModule(make_tensors(32, zeros=True)))
-
-
-def test_spawning_ddp_refused_at_setup(tmp_path):
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", default_root_dir=str(tmp_path))
-    callback = ForesightPruningCallback(method="magnitude", density=0.5)
-    with pytest.raises(ValueError, match="ddp_spawn.*Use strategy='ddp'"):
-        callback.setup(trainer, LitClassifier(), stage="fit")
 
 
 def test_built_from_a_lightningcli_style_yaml_config():

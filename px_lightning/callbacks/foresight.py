@@ -12,6 +12,10 @@ How the masks travel through a fit (see ``shared/LIGHTNING_NOTES.md`` for why ea
 3. ``on_save_checkpoint``: the module's state is written under plain keys with masked values and the masks
    go into the callback's own state, so a checkpoint loads strictly into a fresh module with no callback
    (``load_from_checkpoint``) and a resumed fit (``ckpt_path=...``) restores the masks instead of scoring.
+   A dense checkpoint (no masks in it) is pruned at fit start, its optimizer state matched to the masks.
+4. ``teardown(stage="fit")``, in the workers of a spawning launcher only: ``state_dict()`` gives the same
+   plain keys, so the rank-0 weights the launcher loads non-strictly into the main process's plain module
+   arrive with the pruned entries at zero.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -57,6 +63,52 @@ def _keys(name: str) -> tuple[str, str]:
     module_name, attr = _split_name(name)
     base = f"{module_name}.parametrizations.{attr}" if module_name else f"parametrizations.{attr}"
     return f"{base}.original", f"{base}.0.mask"
+
+
+def _plain_name(name: str) -> str:
+    """``net.conv.parametrizations.weight.original`` -> ``net.conv.weight``; other names unchanged."""
+    if not name.endswith(".original"):
+        return name
+    container, _, attr = name[: -len(".original")].rpartition(".")
+    if container != "parametrizations" and not container.endswith(".parametrizations"):
+        return name
+    owner = container[: -len("parametrizations")].rstrip(".")
+    return f"{owner}.{attr}" if owner else attr
+
+
+def _to_plain_keys(state: dict, names: Sequence[str], prefix: str = "") -> dict:
+    """``state`` with each masked tensor's ``original``/``mask`` pair replaced by its plain key, masked values.
+
+    The plain entry takes the original's position, so the order is the module's own; the result loads
+    strictly into the same module without parametrizations (or, through the callback's pre-hook, with them).
+    """
+    replace = {}
+    for name in names:
+        original_key, mask_key = (prefix + key for key in _keys(name))
+        if original_key in state and mask_key in state:
+            with torch.no_grad():
+                value = state[original_key] * state[mask_key].to(state[original_key].dtype)
+            replace[original_key] = (prefix + name, value)
+            replace[mask_key] = None
+    rebuilt = {}
+    for key, value in state.items():
+        if key not in replace:
+            rebuilt[key] = value
+        elif replace[key] is not None:
+            rebuilt[replace[key][0]] = replace[key][1]
+    return rebuilt
+
+
+class _PlainKeyWriter:
+    """``state_dict`` post-hook: the masked tensors under their plain keys (see ``_to_plain_keys``)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+
+    def __call__(self, module, state_dict, prefix, local_metadata) -> None:
+        rebuilt = _to_plain_keys(state_dict, self.names, prefix)
+        state_dict.clear()  # in place: the hook API keeps the caller's dict (and its _metadata)
+        state_dict.update(rebuilt)
 
 
 def _module_loss(pl_module: pl.LightningModule) -> nn.Module | None:
@@ -149,10 +201,19 @@ class ForesightPruningCallback(Callback):
             - class_path: px_lightning.callbacks.ForesightPruningCallback
               init_args: {method: px, sparsity: 0.98, rounds: 100}
 
-    Strategies: single device and ``ddp`` (multi-node through ``num_nodes``). FSDP, DeepSpeed and the
-    model-parallel strategy cannot carry parametrized masks and are refused at setup, as are the
-    spawning DDP variants (``ddp_spawn``, ``ddp_notebook``, ``ddp_fork``): their main process gets the
-    weights back without the masks.
+    Strategies: single device, ``ddp`` (multi-node through ``num_nodes``) and the spawning DDP variants
+    (``ddp_spawn``, ``ddp_notebook``, ``ddp_fork``). FSDP, DeepSpeed and the model-parallel strategy cannot
+    carry parametrized masks and are refused at setup. Under a spawning variant the workers score, prune and
+    train exactly as under ``ddp`` and their checkpoints carry the masks; the main process then receives rank
+    0's final weights as plain tensors with the pruned entries exactly zero (as with ``make_permanent=True``),
+    but not the masks: ``get_masks(model)`` is empty there and the callback in the main process does not hold
+    them. A following ``trainer.test``/``validate``/``predict`` of that model uses the pruned weights; to
+    train on with the same masks, resume from a checkpoint of the fit (``fit(..., ckpt_path=...)``), since a
+    new fit of the returned model would score it again.
+
+    Resuming a dense checkpoint (from a fit without this callback) with ``fit(..., ckpt_path=...)`` prunes
+    the restored, trained weights at fit start and trains on from the checkpoint's step and optimizer state
+    (matched to the pruned parameters, zero at the pruned entries).
     """
 
     def __init__(
@@ -226,12 +287,18 @@ class ForesightPruningCallback(Callback):
         self._hook_handle = None
         self._source = ""
         self._module_id: int | None = None  # the module of the last fit (same module: masks kept)
+        self._dense_checkpoint: dict | None = None  # a resumed checkpoint without masks, until fit start
+        self._state_hook = None  # spawn workers only: state_dict() gives plain keys after the fit
 
     # ---------------------------------------------------------------- setup: placeholders before the wrap
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self._check_strategy(trainer)
+        self._dense_checkpoint = None
+        if self._state_hook is not None:
+            self._state_hook.remove()
+            self._state_hook = None
         if self._module_id != id(pl_module):
             # Another module than the last fit's (the callback reused in a sweep): its own pruning, its own
             # hook. A checkpoint's masks, if this is a resume, are loaded after setup.
@@ -267,12 +334,6 @@ class ForesightPruningCallback(Callback):
                 f"ForesightPruningCallback cannot run under {type(strategy).__name__}: it shards or flattens the "
                 "parameters, so the mask parametrizations cannot be carried; use strategy='ddp' (or one device)"
             )
-        if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") != "popen":
-            raise ValueError(
-                f"ForesightPruningCallback does not support the '{strategy._start_method}' DDP launcher "
-                "(ddp_spawn / ddp_notebook / ddp_fork): the main process gets the weights back without the "
-                "masks. Use strategy='ddp'"
-            )
 
     # ---------------------------------------------------------------- fit start: score or restore, fill
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -290,6 +351,13 @@ class ForesightPruningCallback(Callback):
                 )
             apply_masks(pl_module, self._masks)
         else:
+            dense, self._dense_checkpoint = self._dense_checkpoint, None
+            if dense is not None:
+                rank_zero_info(
+                    f"ForesightPruningCallback: the checkpoint {trainer.ckpt_path} has no pruning masks (written "
+                    f"without this callback): pruning its trained weights (step {dense.get('global_step')}) now; "
+                    "training resumes from its step and optimizer state, the pruned entries' state zeroed"
+                )
             masks = self._score(trainer, pl_module)
             generator = self._shared_generator(trainer) if (self.reshuffle or self.reinit) else None
             if self.reshuffle:
@@ -301,6 +369,8 @@ class ForesightPruningCallback(Callback):
                         original.copy_(_permuted(original.detach(), generator))
             apply_masks(pl_module, masks)
             self._masks = {n: m.detach().to("cpu", torch.bool).clone() for n, m in masks.items()}
+            if dense is not None:
+                self._match_dense_optimizer_states(trainer, pl_module, dense)
         # Pruned entries of the trainable tensors at zero: their gradients are zero, so SGD (momentum,
         # weight decay) and Adam leave them there, and a resumed run continues bit for bit.
         with torch.no_grad():
@@ -432,6 +502,69 @@ class ForesightPruningCallback(Callback):
         if self.verbose:
             rank_zero_info(_table(report))
 
+    def _match_dense_optimizer_states(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Fit a dense checkpoint's optimizer state to the pruned module before Lightning restores it.
+
+        A parametrized weight leaves its module's own parameters for ``<module>.parametrizations.weight.original``,
+        so in ``parameters()`` it now comes after the module's other direct parameters (``conv.bias`` first):
+        the dense run's optimizer listed it before. Each parameter group's saved ids are put back in the
+        current order (both runs list a group in module order, which is checked), every state tensor's shape
+        is checked against its parameter, and the pruned entries' state (momentum, Adam moments) is zeroed so
+        that the pruned entries of the trainable tensors stay exactly zero.
+        """
+        saved_states = checkpoint.get("optimizer_states") or []
+        where = f"the dense checkpoint ckpt_path={trainer.ckpt_path!r}"
+        advice = (
+            "load its weights only (YourModule.load_from_checkpoint(path), then fit without ckpt_path), or resume "
+            "it without this callback"
+        )
+        names_now = {id(p): _plain_name(n) for n, p in pl_module.named_parameters()}
+        position_now = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
+        dense_position = {key: i for i, key in enumerate(checkpoint.get("state_dict") or {})}
+        masks = {n: _mask_module(pl_module, n).mask for n in self._names}
+        for optimizer, saved in zip(trainer.optimizers, saved_states):
+            for group, saved_group in zip(optimizer.param_groups, saved.get("param_groups", [])):
+                params, saved_ids = group["params"], list(saved_group["params"])
+                if len(params) != len(saved_ids):
+                    return  # another optimizer layout: torch's load_state_dict reports it
+                names = [names_now.get(id(p)) for p in params]
+                if any(n not in dense_position for n in names):
+                    raise ValueError(
+                        f"cannot match the optimizer state of {where} to the pruned module: the optimizer holds "
+                        f"parameters that are not in the checkpoint's state_dict; {advice}"
+                    )
+                dense_order = sorted(range(len(params)), key=lambda k: dense_position[names[k]])
+                if dense_order != list(range(len(params))):
+                    positions = [position_now[id(p)] for p in params]
+                    if positions != sorted(positions):
+                        raise ValueError(
+                            f"cannot match the optimizer state of {where} to the pruned module: "
+                            "configure_optimizers lists parameters out of module order, so the dense run's order "
+                            f"cannot be recovered; {advice}"
+                        )
+                    reordered = [0] * len(params)
+                    for rank, k in enumerate(dense_order):  # the dense run listed names[k] at this rank
+                        reordered[k] = saved_ids[rank]
+                    if "param_names" in saved_group:
+                        by_id = dict(zip(saved_ids, saved_group["param_names"]))
+                        saved_group["param_names"] = [by_id[i] for i in reordered]
+                    saved_group["params"] = saved_ids = reordered
+                for k, param in enumerate(params):
+                    state = saved.get("state", {}).get(saved_ids[k], {})
+                    mask = masks.get(names[k])
+                    for key, value in state.items():
+                        if not isinstance(value, Tensor) or value.dim() == 0:
+                            continue
+                        if value.shape != param.shape:
+                            raise ValueError(
+                                f"the optimizer state {key!r} of {names[k]} in {where} has shape "
+                                f"{tuple(value.shape)}, the parameter {tuple(param.shape)}; {advice}"
+                            )
+                        if mask is not None:
+                            state[key] = value * mask.to(value.device, value.dtype)
+
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"masks": self._masks, "density": self.density, "method": self.scorer.name}
@@ -440,27 +573,26 @@ class ForesightPruningCallback(Callback):
         masks = state_dict.get("masks")
         self._masks = None if masks is None else {n: m.to(torch.bool) for n, m in masks.items()}
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        states = checkpoint.get("callbacks") or {}
+        state = states.get(self.state_key, states.get(self._legacy_state_key))
+        if not state or state.get("masks") is None:
+            # A dense checkpoint (a fit without this callback): its weights are loaded by now, through the plain-key
+            # pre-hook; at fit start they are pruned, and its optimizer state is matched to the masked parameters.
+            self._masks = None
+            self._dense_checkpoint = checkpoint
+
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         state = checkpoint.get("state_dict")
         if not state:
             return
-        replace = {}
-        for name in get_masks(pl_module):
-            original_key, mask_key = _keys(name)
-            if original_key in state and mask_key in state:
-                value = state[original_key] * state[mask_key].to(state[original_key].dtype)
-                replace[original_key] = (name, value)
-                replace[mask_key] = None
-        # Rebuild in order, each parametrized pair replaced by the plain key at the original's position.
-        rebuilt = {}
-        for key, value in state.items():
-            if key not in replace:
-                rebuilt[key] = value
-            elif replace[key] is not None:
-                rebuilt[replace[key][0]] = replace[key][1]
-        checkpoint["state_dict"] = type(state)(rebuilt)
+        checkpoint["state_dict"] = type(state)(_to_plain_keys(state, list(get_masks(pl_module))))
 
     # ---------------------------------------------------------------- fit end
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -476,6 +608,24 @@ class ForesightPruningCallback(Callback):
             if ".parametrizations." not in n
         ]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, ignored)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+            return
+        names = list(get_masks(pl_module))
+        if not names or self._state_hook is not None:
+            return
+        # A spawning launcher (ddp_spawn, ddp_notebook, ddp_fork) returns rank 0's state_dict() to the main
+        # process, whose module never had masks, and loads it there with strict=False: parametrized keys would
+        # be dropped silently, leaving the pruned layers at their initial weights. From here on (the last hook
+        # of the worker's fit, after on_fit_end and any checkpoint) state_dict() gives the plain keys with masked
+        # values, as checkpoints do; the worker's module keeps its masks.
+        self._state_hook = pl_module.register_state_dict_post_hook(_PlainKeyWriter(names))
+        if self.verbose:
+            rank_zero_info(
+                "ForesightPruningCallback: the main process receives the pruned weights as plain tensors "
+                "(pruned entries zero, no masks); resume from a checkpoint to keep training with the masks"
+            )
 
 
 def _permuted(t: Tensor, generator: torch.Generator) -> Tensor:
