@@ -24,7 +24,7 @@ from callback_helpers import (
 
 import px_lightning
 from px_lightning.callbacks import ForesightPruningCallback
-from px_lightning.pruning import get_masks
+from px_lightning.pruning import find_masks, get_masks
 
 
 def _expected_kept(total: int, density: float) -> int:
@@ -235,6 +235,85 @@ def test_resume_restores_masks_and_optimizer_state_without_scoring(tmp_path):
         assert torch.equal(mask, first_masks[name])
         assert bool((effective[name][~mask] == 0).all()) and bool((originals[name][~mask] == 0).all())
         assert not torch.equal(effective[name], _effective(first)[name])  # it trained on
+
+
+class _StepCounter(pl.Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+
+
+def _dense_checkpoint(tmp_path, module_cls=LitClassifier, max_steps=4):
+    """A fit without the callback, its checkpoint, and the dense run's momentum buffers by name."""
+    pl.seed_everything(0)
+    dense = module_cls(optimizer="sgd", weight_decay=5e-3)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "dense", max_steps=max_steps))
+    trainer.fit(dense, datamodule=TensorDataModule(make_tensors(64)))
+    ckpt = tmp_path / "dense.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return dense, ckpt, _momentum_by_name(dense, trainer)
+
+
+def test_resume_from_a_dense_checkpoint_prunes_the_trained_weights(tmp_path, caplog):
+    dense, ckpt, dense_momentum = _dense_checkpoint(tmp_path)
+    # Magnitude pruning is data-free: the expected masks are those of the trained dense weights.
+    expected = find_masks(dense, "magnitude", [], density=0.3)
+
+    def resume(max_steps):
+        pl.seed_everything(5)
+        module, counter = LitClassifier(optimizer="sgd", weight_decay=5e-3), _StepCounter()
+        callback = ForesightPruningCallback(method="magnitude", density=0.3)
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=max_steps), callbacks=[callback, counter])
+        with caplog.at_level("INFO"):
+            trainer.fit(module, datamodule=TensorDataModule(make_tensors(64)), ckpt_path=str(ckpt))
+        return module, trainer, counter
+
+    # Restore only (max_steps already reached): pruned on the restored weights, every momentum buffer on the
+    # parameter of its name (the masked weights now come after their module's bias), zero where pruned.
+    restored, trainer, counter = resume(max_steps=4)
+    assert counter.batches == 0 and trainer.global_step == 4
+    masks = get_masks(restored)
+    assert set(masks) == set(expected) and all(torch.equal(masks[n], expected[n]) for n in expected)
+    assert (
+        "dense.ckpt has no pruning masks" in caplog.text
+        and "pruning its trained weights (step 4)" in caplog.text
+    )
+    momentum = _momentum_by_name(restored, trainer)
+    assert len(momentum) == len(dense_momentum)
+    for name, buffer in momentum.items():
+        plain = name.replace("parametrizations.weight.original", "weight")
+        want = dense_momentum[plain] * masks[plain] if plain in masks else dense_momentum[plain]
+        assert torch.equal(buffer, want), name
+    effective = _effective(restored)
+    dense_state = dense.state_dict()
+    for name, mask in masks.items():
+        assert torch.equal(effective[name], dense_state[name] * mask), name
+
+    # Train on from step 4: two more steps, the pruned entries exactly zero (effective and trainable).
+    resumed, trainer, counter = resume(max_steps=6)
+    assert counter.batches == 2 and trainer.global_step == 6
+    effective, originals = _effective(resumed), _originals(resumed)
+    for name, mask in get_masks(resumed).items():
+        assert torch.equal(mask, expected[name])
+        assert bool((effective[name][~mask] == 0).all()) and bool((originals[name][~mask] == 0).all())
+        assert not torch.equal(effective[name], dense_state[name] * mask), f"{name} did not train on"
+
+
+class _ReversedOptimizerOrder(LitClassifier):
+    def configure_optimizers(self):
+        return torch.optim.SGD(list(self.parameters())[::-1], lr=0.05, momentum=0.9)
+
+
+def test_dense_checkpoint_with_an_unrecoverable_optimizer_order_is_refused(tmp_path):
+    _, ckpt, _ = _dense_checkpoint(tmp_path, module_cls=_ReversedOptimizerOrder, max_steps=1)
+    callback = ForesightPruningCallback(method="magnitude", density=0.3)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=2), callbacks=[callback])
+    with pytest.raises(ValueError, match=r"ckpt_path='.*dense\.ckpt'.*out of module order"):
+        trainer.fit(
+            _ReversedOptimizerOrder(), datamodule=TensorDataModule(make_tensors(64)), ckpt_path=str(ckpt)
+        )
 
 
 def test_load_from_checkpoint_predicts_like_the_saving_module(tmp_path):
