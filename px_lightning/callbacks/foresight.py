@@ -77,7 +77,7 @@ def _plain_name(name: str) -> str:
 
 
 def _to_plain_keys(state: dict, names: Sequence[str], prefix: str = "") -> dict:
-    """``state`` with each masked tensor's ``original``/``mask`` pair replaced by its plain key, masked values.
+    """``state`` with each masked tensor's ``original``/``mask`` pair replaced by its plain key and values.
 
     The plain entry takes the original's position, so the order is the module's own; the result loads
     strictly into the same module without parametrizations (or, through the callback's pre-hook, with them).
@@ -354,9 +354,10 @@ class ForesightPruningCallback(Callback):
             dense, self._dense_checkpoint = self._dense_checkpoint, None
             if dense is not None:
                 rank_zero_info(
-                    f"ForesightPruningCallback: the checkpoint {trainer.ckpt_path} has no pruning masks (written "
-                    f"without this callback): pruning its trained weights (step {dense.get('global_step')}) now; "
-                    "training resumes from its step and optimizer state, the pruned entries' state zeroed"
+                    f"ForesightPruningCallback: the checkpoint {trainer.ckpt_path} has no pruning masks "
+                    "(written without this callback): pruning its trained weights "
+                    f"(step {dense.get('global_step')}) now; training resumes from its step and optimizer "
+                    "state, the pruned entries' state zeroed"
                 )
             masks = self._score(trainer, pl_module)
             generator = self._shared_generator(trainer) if (self.reshuffle or self.reinit) else None
@@ -507,18 +508,19 @@ class ForesightPruningCallback(Callback):
     ) -> None:
         """Fit a dense checkpoint's optimizer state to the pruned module before Lightning restores it.
 
-        A parametrized weight leaves its module's own parameters for ``<module>.parametrizations.weight.original``,
-        so in ``parameters()`` it now comes after the module's other direct parameters (``conv.bias`` first):
-        the dense run's optimizer listed it before. Each parameter group's saved ids are put back in the
-        current order (both runs list a group in module order, which is checked), every state tensor's shape
-        is checked against its parameter, and the pruned entries' state (momentum, Adam moments) is zeroed so
-        that the pruned entries of the trainable tensors stay exactly zero.
+        A parametrized weight leaves its module's own parameters for
+        ``<module>.parametrizations.weight.original``, so in ``parameters()`` it now comes after the module's
+        other direct parameters (``conv.bias`` first): the dense run's optimizer listed it before. Each
+        parameter group's saved ids are put back in the current order (both runs list a group in module
+        order, which is checked), every state tensor's shape is checked against its parameter, and the
+        pruned entries' state (momentum, Adam moments) is zeroed so that the pruned entries of the trainable
+        tensors stay exactly zero.
         """
         saved_states = checkpoint.get("optimizer_states") or []
         where = f"the dense checkpoint ckpt_path={trainer.ckpt_path!r}"
         advice = (
-            "load its weights only (YourModule.load_from_checkpoint(path), then fit without ckpt_path), or resume "
-            "it without this callback"
+            "load its weights only (YourModule.load_from_checkpoint(path), then fit without ckpt_path), or "
+            "resume it without this callback"
         )
         names_now = {id(p): _plain_name(n) for n, p in pl_module.named_parameters()}
         position_now = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
@@ -532,8 +534,8 @@ class ForesightPruningCallback(Callback):
                 names = [names_now.get(id(p)) for p in params]
                 if any(n not in dense_position for n in names):
                     raise ValueError(
-                        f"cannot match the optimizer state of {where} to the pruned module: the optimizer holds "
-                        f"parameters that are not in the checkpoint's state_dict; {advice}"
+                        f"cannot match the optimizer state of {where} to the pruned module: the optimizer "
+                        f"holds parameters that are not in the checkpoint's state_dict; {advice}"
                     )
                 dense_order = sorted(range(len(params)), key=lambda k: dense_position[names[k]])
                 if dense_order != list(range(len(params))):
@@ -541,8 +543,8 @@ class ForesightPruningCallback(Callback):
                     if positions != sorted(positions):
                         raise ValueError(
                             f"cannot match the optimizer state of {where} to the pruned module: "
-                            "configure_optimizers lists parameters out of module order, so the dense run's order "
-                            f"cannot be recovered; {advice}"
+                            "configure_optimizers lists parameters out of module order, so the dense run's "
+                            f"order cannot be recovered; {advice}"
                         )
                     reordered = [0] * len(params)
                     for rank, k in enumerate(dense_order):  # the dense run listed names[k] at this rank
@@ -581,8 +583,8 @@ class ForesightPruningCallback(Callback):
         states = checkpoint.get("callbacks") or {}
         state = states.get(self.state_key, states.get(self._legacy_state_key))
         if not state or state.get("masks") is None:
-            # A dense checkpoint (a fit without this callback): its weights are loaded by now, through the plain-key
-            # pre-hook; at fit start they are pruned, and its optimizer state is matched to the masked parameters.
+            # A dense checkpoint (a fit without this callback): its weights are loaded by now, through the
+            # plain-key pre-hook; at fit start they are pruned and optimizer state matched to the masks.
             self._masks = None
             self._dense_checkpoint = checkpoint
 
@@ -616,10 +618,10 @@ class ForesightPruningCallback(Callback):
         if not names or self._state_hook is not None:
             return
         # A spawning launcher (ddp_spawn, ddp_notebook, ddp_fork) returns rank 0's state_dict() to the main
-        # process, whose module never had masks, and loads it there with strict=False: parametrized keys would
-        # be dropped silently, leaving the pruned layers at their initial weights. From here on (the last hook
-        # of the worker's fit, after on_fit_end and any checkpoint) state_dict() gives the plain keys with masked
-        # values, as checkpoints do; the worker's module keeps its masks.
+        # process, whose module never had masks, and loads it there with strict=False: parametrized keys
+        # would be dropped silently, leaving the pruned layers at their initial weights. From here on (the
+        # last hook of the worker's fit, after on_fit_end and any checkpoint) state_dict() gives the plain
+        # keys with masked values, as checkpoints do; the worker's module keeps its masks.
         self._state_hook = pl_module.register_state_dict_post_hook(_PlainKeyWriter(names))
         if self.verbose:
             rank_zero_info(
