@@ -51,7 +51,7 @@ def _expected_kept(total: int, density: float) -> int:
     return total - int((1.0 - density) * total)
 
 
-@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork", "ddp_notebook"])
 def test_spawning_ddp_prunes_alike_on_both_ranks_and_returns_pruned_weights(tmp_path, strategy):
     pl.seed_everything(0)
     module = LitClassifier(optimizer="sgd", weight_decay=5e-3)
