@@ -93,6 +93,17 @@ METHODS: dict[str, tuple[str | None, dict]] = {
         "hybrid",
         {"select": ("synflow", {}), "allocate": ("px", {"head": "body", "bn_warmup": True})},
     ),
+    # Second follow-up (the shortcut/branch allocation), on top of the callback's PX default: the kernel
+    # copy's BatchNorm as its squared per-channel factor (kernel_bn="squared"), and every squared layer
+    # divided by its mean squared weight (kernel_scale="mean_square"). See PXScorer's docstring.
+    "px_head_body_bn_warmup_floor0.2_kbn_sq": (
+        "px",
+        {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_bn": "squared"},
+    ),
+    "px_head_body_bn_warmup_floor0.2_kscale_ms": (
+        "px",
+        {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_scale": "mean_square"},
+    ),
 }
 SEEDED = {"random", "ntksap"}  # methods that draw random numbers: seeded with the run's seed
 ITERATIVE = {"synflow", "ntksap", "px", "hybrid"}
@@ -225,27 +236,60 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
     return record
 
 
-def score_shares(model_name: str, method_names: list[str], seed: int, data, per_class: int) -> str:
-    """Markdown: each layer's share (%) of the total score at initialisation (one round, dense model)."""
+def score_shares(
+    model_name: str,
+    method_names: list[str],
+    seed: int,
+    data,
+    per_class: int,
+    density: float | None = None,
+    rounds: int = 10,
+) -> str:
+    """Markdown: each layer's share (%) of the total score at initialisation (one round, dense model).
+
+    With ``density``, also the shares of the scores each method computes in rounds 1, R/2 + 1 and R of its
+    own ``rounds``-round iteration to ``density`` (the masks after round r of R are ``find_masks`` to
+    ``density ** (r / R)`` in r rounds: the same schedule), and the kept weights per layer at the end."""
     x_train, y_train = data[0], data[1]
     torch.manual_seed(seed)
     model = build_model(model_name)
     batches = scoring_batch(x_train, y_train, per_class, seed)
     names = list(prunable_parameters(model))
     lines = [
-        "| method | " + " | ".join(f"{_short(n)} ({model.get_parameter(n).numel()})" for n in names) + " |"
+        "| method | "
+        + ("round | " if density else "")
+        + " | ".join(f"{_short(n)} ({model.get_parameter(n).numel()})" for n in names)
+        + " |"
     ]
-    lines.append("| --- |" + " --- |" * len(names))
+    lines.append("| --- |" + " --- |" * (len(names) + bool(density)))
     for method_name in method_names:
         method, options = METHODS[method_name]
         if method in (None, "hybrid"):
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scores = compute_scores(model, method, batches, **options)
-        total = sum(float(v.double().sum()) for v in scores.values())
-        cells = [f"{100 * float(scores[n].double().sum()) / total:.2f}" for n in names]
-        lines.append(f"| {method_name} | " + " | ".join(cells) + " |")
+        for r in sorted({0, rounds // 2, rounds - 1}) if density else [0]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if not r:
+                    scores = compute_scores(model, method, batches, **options)
+                else:
+                    # As find_masks scores round r + 1: the unmasked weights and the masks of round r.
+                    masks = find_masks(
+                        model, method, batches, density=density ** (r / rounds), rounds=r, **options
+                    )
+                    weights = {n: model.get_parameter(n).detach().clone() for n in names}
+                    with torch.enable_grad():
+                        scores = get_scorer(method, **options).score(model, weights, masks, batches)
+            total = sum(float(v.double().sum()) for v in scores.values())
+            cells = [f"{100 * float(scores[n].double().sum()) / total:.2f}" for n in names]
+            lines.append(
+                f"| {method_name} | " + (f"{r + 1} | " if density else "") + " | ".join(cells) + " |"
+            )
+        if density:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                masks = find_masks(model, method, batches, density=density, rounds=rounds, **options)
+            cells = [str(int(masks[n].sum())) for n in names]
+            lines.append(f"| {method_name} | kept | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -469,6 +513,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only print each layer's share of the total score at initialisation (first seed, --methods)",
     )
+    parser.add_argument(
+        "--share-density",
+        type=float,
+        default=None,
+        help="with --score-shares: also the shares in rounds 1, R/2+1, R of each method's iteration to this "
+        "density, and the kept weights per layer",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -483,7 +534,17 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"\n**{model_name}**, seed {args.seeds[0]}: share (%) of the total score per layer (size)\n"
             )
-            print(score_shares(model_name, args.methods, args.seeds[0], data, args.per_class))
+            print(
+                score_shares(
+                    model_name,
+                    args.methods,
+                    args.seeds[0],
+                    data,
+                    args.per_class,
+                    args.share_density,
+                    args.rounds,
+                )
+            )
         return
     if not args.report:
         data = digits(args.size)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks, threshold_masks
+from px_lightning.pruning.scorers import get_scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
 import models as conformance_models
@@ -152,3 +153,142 @@ def test_layer_norm_sum_keeps_pruned_weights_pruned_and_balances_the_layers():
     assert all(bool(torch.isfinite(s).all()) for s in scores.values())
     with pytest.raises(ValueError, match="layer_norm"):
         compute_scores(model, "px", data, layer_norm="mean")
+
+
+class _Residual(nn.Module):
+    """x -> a -> relu -> [b -> relu -> c] + s -> relu -> head: one branch of two layers, one shortcut layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 6, bias=False), nn.Linear(6, 6, bias=False)
+        self.c, self.s = nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False)
+        self.head = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.head(torch.relu(self.c(torch.relu(self.b(h))) + self.s(h)))
+
+
+def test_kernel_scale_mean_square_matches_a_direct_computation_on_a_residual_block():
+    torch.manual_seed(0)
+    model = _Residual().double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    w = {n: m.weight.detach() for n, m in model.named_children()}
+    # A pruned branch weight: the kernel is masked, the layer's factor stays its unmasked mean square.
+    mask_b = torch.ones(6, 6, dtype=torch.bool)
+    mask_b[0, :3] = False
+    masked = apply_masks(copy.deepcopy(model), {"b.weight": mask_b})
+    # Data term (head="body": every layer a path layer, weights 1 / the mask, gates of the real network).
+    h = x @ w["a"].T
+    g1 = h > 0
+    g2 = torch.relu(h) @ (w["b"] * mask_b).T > 0
+    g3 = torch.relu(torch.relu(h) @ (w["b"] * mask_b).T) @ w["c"].T + torch.relu(h) @ w["s"].T > 0
+    one = lambda n: torch.ones_like(w[n])
+    d1 = g1 * (x**2 @ one("a").T)
+    z1 = ((g3 * ((g2 * (d1 @ mask_b.double().T)) @ one("c").T + d1 @ one("s").T)) @ one("head").T).sum(0)
+    # Kernel: squared weights, each divided by its layer's mean squared weight (unmasked).
+    sq = {n: (v**2).requires_grad_() for n, v in w.items()}
+    k = {n: sq[n] * (mask_b if n == "b" else 1) / (v**2).mean() for n, v in w.items()}
+    k1 = k["a"] @ torch.ones(5, dtype=torch.float64)
+    z2 = k["head"] @ (k["c"] @ (k["b"] @ k1) + k["s"] @ k1)
+    (z1 * z2).sum().backward()
+    expected = {f"{n}.weight": sq[n].grad.abs() * w[n] ** 2 * (mask_b if n == "b" else 1) for n in w}
+    default = compute_scores(masked, "px", [x], head="body")
+    weights = {f"{n}.weight": v for n, v in w.items()}
+    masks = {n: torch.ones_like(v, dtype=torch.bool) for n, v in weights.items()}
+    masks["b.weight"] = mask_b
+    # As find_masks calls it: the unmasked weights and the current masks.
+    scaled = get_scorer("px", head="body", kernel_scale="mean_square").score(model, weights, masks, [x])
+    for name, ref in expected.items():
+        assert torch.allclose(scaled[name], ref, rtol=1e-12, atol=0), name
+    # It moves score from the shortcut to the branch: the shortcut's share drops below the default's.
+    share = lambda s: float(s["s.weight"].sum() / s["b.weight"].sum())
+    assert share(scaled) < 0.5 * share(default)
+
+
+def test_kernel_scale_mean_square_only_rescales_a_chain():
+    # On a chain every path crosses every layer: all scores change by the product of the layers' factors.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 7, bias=False),
+        nn.ReLU(),
+        nn.Linear(7, 6, bias=False),
+        nn.ReLU(),
+        nn.Linear(6, 3, bias=False),
+    ).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    plain = compute_scores(model, "px", [x], head="body")
+    scaled = compute_scores(model, "px", [x], head="body", kernel_scale="mean_square")
+    factor = math.prod(float((m.weight.detach() ** 2).mean()) for m in model if isinstance(m, nn.Linear))
+    for name in plain:
+        assert torch.allclose(scaled[name] * factor, plain[name], rtol=1e-10, atol=0), name
+    assert abs(factor - 1) > 0.1  # so the check above would fail if the option did nothing
+
+
+def _squared_bn_reference(model, x):
+    """Linear -> BatchNorm1d -> ReLU -> Linear, head="body", BatchNorm as (gamma / sigma)^2 in the kernel."""
+    lin, bn, head = model[0], model[1], model[3]
+    w1, w2 = lin.weight.detach(), head.weight.detach()
+    gamma, beta = bn.weight.detach(), bn.bias.detach()
+    sigma = (bn.running_var + bn.eps).sqrt()
+    gates = ((x @ w1.T - bn.running_mean) / sigma * gamma + beta) > 0
+    h = x**2 @ torch.ones_like(w1).T  # data path: train-mode BatchNorm (batch statistics)
+    h = (h - h.mean(0)) / (h.var(0, unbiased=False) + bn.eps).sqrt() * gamma + beta
+    z1 = ((gates * h) @ torch.ones_like(w2).T).sum(0)
+    s1, s2 = (w1**2).requires_grad_(), (w2**2).requires_grad_()
+    z2 = s2 @ ((gamma / sigma) ** 2 * (s1 @ torch.ones(w1.shape[1], dtype=torch.float64)))
+    (z1 * z2).sum().backward()
+    return {"0.weight": s1.grad.abs() * w1**2, "3.weight": s2.grad.abs() * w2**2}
+
+
+def test_kernel_bn_squared_matches_a_direct_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 7, bias=False), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3, bias=False)
+    )
+    model = model.double().eval()
+    with torch.no_grad():  # statistics and affine parameters away from their 0/1 initial values
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.3, 0.3)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    expected = _squared_bn_reference(model, x)
+    got = compute_scores(model, "px", [x], head="body", kernel_bn="squared")
+    affine = compute_scores(model, "px", [x], head="body")
+    for name, ref in expected.items():
+        assert torch.allclose(got[name], ref, rtol=1e-12, atol=0), name
+    assert not torch.allclose(affine["0.weight"], expected["0.weight"], rtol=1e-3)
+
+
+def test_kernel_bn_squared_with_warmup_is_invariant_to_the_scale_of_a_conv_before_batchnorm():
+    # BatchNorm makes the network's function independent of the scale of the conv before it; with warmed-up
+    # statistics and squared BatchNorm factors, PX's scores are too (up to BatchNorm's eps).
+    model, data = small_cnn(), batches()
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled.conv2.weight.mul_(3.0)
+        scaled.conv2.bias.mul_(3.0)
+    opts = {"head": "body", "bn_warmup": True}
+    a = compute_scores(model, "px", data, kernel_bn="squared", **opts)
+    b = compute_scores(scaled, "px", data, kernel_bn="squared", **opts)
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=0), name
+    a_affine = compute_scores(model, "px", data, **opts)
+    b_affine = compute_scores(scaled, "px", data, **opts)
+    assert not all(torch.allclose(a_affine[n], b_affine[n], rtol=1e-2) for n in a_affine)
+
+
+def test_kernel_options_are_validated():
+    model, data = small_cnn(), batches()
+    with pytest.raises(ValueError, match="kernel_bn"):
+        compute_scores(model, "px", data, kernel_bn="square")
+    with pytest.raises(ValueError, match="kernel_norm='eval'"):
+        compute_scores(model, "px", data, kernel_bn="squared", kernel_norm="train")
+    with pytest.raises(ValueError, match="kernel_scale"):
+        compute_scores(model, "px", data, kernel_scale="fan_in")
+    no_stats = nn.Sequential(
+        nn.Linear(5, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.ReLU(), nn.Linear(4, 2)
+    )
+    with pytest.raises(ValueError, match="track_running_stats"):
+        compute_scores(no_stats.double(), "px", [torch.randn(4, 5, dtype=torch.float64)], kernel_bn="squared")

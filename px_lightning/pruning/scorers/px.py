@@ -36,9 +36,40 @@ may drop whole residual branches.
   sharded scoring each rank normalises its own scores before the sum, which is close to but not exactly
   the single-process normalisation.
 
+Options on how the kernel copy splits the score between parallel paths (residual branch against shortcut;
+both off by default). A layer's total PX score is the sum of the path values through it, and at a
+residual block the kernel's per-layer gain sets the split: under Kaiming init ``fan_in * E[w^2] = 2``, so a
+two-conv branch carries about 4 and a 1x1 shortcut conv about 2 (a third of the block, on a ninth of a
+branch conv's weights), and as the branch is pruned its path value falls with both its layers' densities
+while the shortcut's falls with one, so the shortcut keeps gaining (``benchmarks/README.md``, Quality).
+
+- ``kernel_bn="squared"``: in the eval-mode kernel copy each BatchNorm is the per-channel factor
+  ``(gamma / sqrt(running_var + eps))^2`` with no shift, instead of ``gamma * (x - mean) / sigma + beta``:
+  the squared network gets the squared multiplier of every path, as it does for weights. With
+  ``bn_warmup=True`` (statistics of the masked network) each conv-BatchNorm pair then has a kernel gain
+  independent of the conv's scale and density, as in the real network, where BatchNorm renormalises a
+  pruned layer: the scores become invariant to rescaling a conv followed by BatchNorm, and pruning a
+  branch no longer shifts the score to its shortcut. Needs ``kernel_norm="eval"`` and BatchNorm running
+  statistics; other normalisation layers are unchanged. ``"affine"`` (default) is the computation above.
+- ``kernel_scale="mean_square"``: each squared layer of the kernel copy is divided by its mean squared
+  weight (over the whole tensor, as the scorer receives it: ``find_masks`` passes the unmasked weights, so
+  the factor is the same in every round), so every path product is in units of its layers' mean initial
+  weight: a layer's kernel gain becomes its fan-in (the count of its paths) instead of
+  ``fan_in * E[w^2]``, and a path through more layers is no longer worth less for its extra factors
+  ``E[w^2] = 2 / fan_in``. A residual branch then outweighs a 1x1 shortcut by about a branch conv's fan-in.
+  On a chain (no biases, no BatchNorm shifts) every path crosses every layer, so the scores only change
+  by one common factor; the ranking inside a layer stays PX's. The score of a weight is its path value in
+  the rescaled kernel. ``"none"`` (default) is the computation above.
+
+Both change the kernel copy only, which does not depend on the data: the scores stay sums over the scoring
+batches, so sharded data-parallel scoring stays exact (``bn_warmup`` is what makes it inexact). On the
+Digits ResNet-8 neither beats SynFlow (``benchmarks/README.md``, Quality: ``..._kbn_sq``, ``..._kscale_ms``).
+
 Example:
     >>> find_masks(model, "px", batches, density=0.01, rounds=20, dense_head=True, bn_warmup=True)
     >>> find_masks(model, "px", batches, density=0.005, rounds=10, head="body", layer_norm="sum")
+    >>> find_masks(model, "px", batches, density=0.005, rounds=10, head="body", bn_warmup=True,
+    ...            kernel_bn="squared")
 """
 
 from __future__ import annotations
@@ -153,6 +184,46 @@ def _warm_up_statistics(net: nn.Module, real: dict, buffers: dict, batches, ref:
     return warm
 
 
+def _mean_squares(layers, weights: dict, real: dict, real_head: str | None) -> dict[str, Tensor]:
+    """``kernel_scale="mean_square"``: each squared path layer's mean squared weight over the whole tensor,
+    unmasked (``weights`` holds the unmasked pruned tensors; ``real`` the others)."""
+    out = {}
+    with torch.no_grad():
+        for n, _ in layers:
+            if n == real_head:
+                continue  # the published head keeps its real weights: it is not a squared layer
+            w = f"{n}.weight"
+            scale = (weights[w] if w in weights else real[w]).double().pow(2).mean()
+            if scale > 0:  # an all-zero layer carries no path: leave it as it is
+                out[n] = scale.to(real[w].dtype)
+    return out
+
+
+def _squared_norms(net: nn.Module, buffers: dict) -> dict[str, Tensor]:
+    """``kernel_bn="squared"``: parameters and buffers that turn each eval-mode BatchNorm of the kernel copy
+    into ``x * (gamma / sqrt(running_var + eps))^2`` (no shift), the squared network's counterpart of the
+    per-channel affine map ``gamma * (x - mean) / sigma + beta``."""
+    out = {}
+    for name, m in net.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if m.running_var is None:
+            raise ValueError(
+                f"kernel_bn='squared' needs BatchNorm running statistics, but {name!r} has "
+                "track_running_stats=False; use kernel_bn='affine' for this model"
+            )
+        var, mean = buffers[f"{name}.running_var"], buffers[f"{name}.running_mean"]
+        root = (var + m.eps).sqrt()
+        out[f"{name}.running_mean"] = torch.zeros_like(mean)
+        if m.affine:
+            # eval BatchNorm computes (x - 0) / root * weight + bias: weight = gamma^2 / root gives the factor.
+            out[f"{name}.weight"] = m.weight.detach() ** 2 / root
+            out[f"{name}.bias"] = torch.zeros_like(m.bias)
+        else:
+            out[f"{name}.running_var"] = root**4 - m.eps  # 1 / sqrt(this + eps) = 1 / (var + eps)
+    return out
+
+
 class PXScorer(Scorer):
     name = "px"
     one_shot = False
@@ -165,6 +236,8 @@ class PXScorer(Scorer):
         layer_floor: float = 0.0,
         bn_warmup: bool = False,
         layer_norm: str = "none",
+        kernel_bn: str = "affine",
+        kernel_scale: str = "none",
     ) -> None:
         if kernel_norm not in ("eval", "train"):
             raise ValueError(f"kernel_norm must be 'eval' or 'train', got {kernel_norm!r}")
@@ -184,6 +257,16 @@ class PXScorer(Scorer):
             raise TypeError(f"bn_warmup must be True or False, got {bn_warmup!r}")
         if layer_norm not in ("none", "sum"):
             raise ValueError(f"layer_norm must be 'none' or 'sum', got {layer_norm!r}")
+        if kernel_bn not in ("affine", "squared"):
+            raise ValueError(f"kernel_bn must be 'affine' or 'squared', got {kernel_bn!r}")
+        if kernel_bn == "squared" and kernel_norm != "eval":
+            raise ValueError(
+                "kernel_bn='squared' replaces each BatchNorm of the eval-mode kernel copy by its squared "
+                f"per-channel factor; it needs kernel_norm='eval', got kernel_norm={kernel_norm!r}"
+            )
+        if kernel_scale not in ("none", "mean_square"):
+            raise ValueError(f"kernel_scale must be 'none' or 'mean_square', got {kernel_scale!r}")
+        self.kernel_bn, self.kernel_scale = kernel_bn, kernel_scale
         self.kernel_norm, self.head, self.dense_head = kernel_norm, head, dense_head
         self.layer_norm = layer_norm
         self.layer_floor, self.bn_warmup = float(layer_floor), bn_warmup
@@ -266,6 +349,9 @@ class PXScorer(Scorer):
         # afterwards, which gives the same values as multiplying them in the graph (a factor 1 or 0).
         leaves = {}
         kernel = {}
+        # kernel_scale="mean_square": each squared layer's 1 / mean(w^2) over all its weights (unmasked, so the
+        # same in every round). Computed before the in-place squaring below.
+        unit = {} if self.kernel_scale == "none" else _mean_squares(layers, weights, real, real_head)
         with torch.no_grad():
             for n, _ in layers:
                 w, b = f"{n}.weight", f"{n}.bias"
@@ -276,12 +362,22 @@ class PXScorer(Scorer):
                 if b in biases:
                     kernel[b] = biases[b] if n == real_head else biases[b] ** 2
         del real
+        if unit:
+            # Outside no_grad: the leaves stay the squared weights, so score = w^2 * d(z1.z2)/d(w^2) is the
+            # path value through w in the rescaled kernel network.
+            for n, scale in unit.items():
+                kernel[f"{n}.weight"] = kernel[f"{n}.weight"] / scale
+                if f"{n}.bias" in kernel:
+                    kernel[f"{n}.bias"] = kernel[f"{n}.bias"] / scale
+        norm_kernel = _squared_norms(net, buffers) if self.kernel_bn == "squared" else {}
         _set_modes(net, norm_train=self.kernel_norm == "train")
         total = 0
         for shape, z1 in z1_sums.items():
             ones = torch.ones((1, *shape), dtype=ref.dtype, device=ref.device)
             with _GateMode("identity"):
-                out = torch.func.functional_call(net, {**kernel, **fresh_buffers()}, (ones,), strict=False)
+                out = torch.func.functional_call(
+                    net, {**kernel, **fresh_buffers(), **norm_kernel}, (ones,), strict=False
+                )
             total = total + (z1 * model_output(out)[0]).sum()
         total.backward()
         del total, out, kernel
