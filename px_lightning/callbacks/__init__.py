@@ -1,6 +1,6 @@
-"""Lightning callbacks: the pruning callback and diagnostics logging."""
+"""Lightning callbacks: the pruning callback (and ``restore_masks`` for its checkpoints), diagnostics logging."""
 
 from .diagnostics import PruningDiagnosticsCallback
-from .foresight import ForesightPruningCallback
+from .foresight import ForesightPruningCallback, restore_masks
 
-__all__ = ["ForesightPruningCallback", "PruningDiagnosticsCallback"]
+__all__ = ["ForesightPruningCallback", "PruningDiagnosticsCallback", "restore_masks"]

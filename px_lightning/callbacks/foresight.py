@@ -21,6 +21,8 @@ How the masks travel through a fit (see ``shared/LIGHTNING_NOTES.md`` for why ea
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,14 +33,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..pruning import apply_masks, find_masks, get_masks, prunable_parameters, remove_masks, sparsity_report
 from ..pruning.masks import WeightMask
 from ..pruning.schedule import flatten_named, split_like
-from ..pruning.scorers import PXScorer, Scorer, get_scorer
+from ..pruning.scorers import SCORERS, PXScorer, Scorer, get_scorer
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -149,7 +151,111 @@ class _PlainKeyLoader:
 #: no BatchNorm warm-up, no floor) collapses layers at low density; together these three were the best PX
 #: of the quality benchmark (benchmarks/README.md, "Quality": the floor never binds on the plain CNN and
 #: keeps the ResNet's last branch alive). ``compute_scores``/``find_masks`` keep the published defaults.
+#: ``bn_warmup`` is a default only for a network at initialisation: when ``method_options`` does not set it,
+#: the callback turns it off at fit start if any BatchNorm layer holds statistics other than the initial
+#: ones (a pre-trained backbone, a trained checkpoint), so PX scores with those statistics.
 PX_CALLBACK_DEFAULTS: dict[str, Any] = {"head": "body", "bn_warmup": True, "layer_floor": 0.2}
+
+
+def _options_for(method: str | Scorer, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``method`` from ``method_options``, flat (``{head: body}``) or per method.
+
+    The per-method form (``{px: {head: body}, snip: {}}``: every key a method name) lets a config state
+    PX's options and still switch ``method`` with one override: the options of the other methods are not
+    passed to the chosen one.
+    """
+    if not options or not all(isinstance(k, str) and k.lower() in SCORERS for k in options):
+        return dict(options)
+    for key, value in options.items():
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(
+                f"method_options[{key!r}] must be a mapping of {key}'s options (method_options keyed by method "
+                f"name), got {value!r}"
+            )
+    name = method.lower() if isinstance(method, str) else getattr(method, "name", "")
+    chosen = {k.lower(): v for k, v in options.items()}.get(name)
+    return dict(chosen or {})
+
+
+def _initial_bn_statistics(module: nn.Module) -> bool | None:
+    """Whether every BatchNorm layer still has its initial running statistics (None: no such layer).
+
+    Initial: no batch tracked, running mean exactly 0 and variance exactly 1. A pre-trained file often
+    carries ``num_batches_tracked == 0`` with trained statistics, hence the value check.
+    """
+    found = False
+    for m in module.modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.running_mean is None:
+            continue
+        found = True
+        tracked = m.num_batches_tracked
+        if tracked is not None and int(tracked) != 0:
+            return False
+        if not (bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())):
+            return False
+    return True if found else None
+
+
+def _checkpoint_state(checkpoint: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ForesightPruningCallback state (with masks) of a loaded Lightning checkpoint."""
+    states = checkpoint.get("callbacks")
+    states = states if isinstance(states, dict) else {}  # none at all: not written by a Trainer fit
+    found = [
+        state
+        for key, state in states.items()
+        if str(key).startswith("ForesightPruningCallback") and isinstance(state, dict) and state.get("masks")
+    ]
+    if not found:
+        raise ValueError(
+            f"{where} holds no pruning masks: it was not written by a fit with ForesightPruningCallback (or "
+            "the masks were made permanent). Its weights alone load with YourModule.load_from_checkpoint(path)"
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f"{where} holds the masks of {len(found)} ForesightPruningCallbacks; read the one you want from "
+            "checkpoint['callbacks'][<state key>]['masks'] and install it with px_lightning.pruning.apply_masks"
+        )
+    return found[0]
+
+
+def restore_masks(module: nn.Module, checkpoint: str | os.PathLike | dict[str, Any]) -> dict[str, Tensor]:
+    """Re-install the pruning masks of a checkpoint written with :class:`ForesightPruningCallback`.
+
+    ``YourModule.load_from_checkpoint(path)`` gives the pruned weights (pruned entries exactly zero) but no
+    masks: training that module again lets the pruned weights grow back. ``restore_masks`` reads the masks
+    from the callback's state in the checkpoint and installs them on ``module`` as parametrizations (as
+    :func:`px_lightning.pruning.apply_masks` does, names as in the module that saved it, e.g.
+    ``model.conv1.weight`` for an ``ImageClassifier``), sets the pruned entries to zero, and returns them.
+    Fine-tuning the module then keeps the pruned weights at zero. Not needed to resume a fit
+    (``trainer.fit(..., ckpt_path=path)`` with the callback restores them itself).
+
+    Args:
+        module: The module to mask, usually the one ``load_from_checkpoint`` returned.
+        checkpoint: The checkpoint's path, or the dict ``torch.load`` gave for it.
+
+    Example:
+        >>> module = ImageClassifier.load_from_checkpoint(path)
+        >>> masks = restore_masks(module, path)   # {"model.conv1.weight": bool tensor, ...}
+        >>> L.Trainer(max_epochs=5).fit(module, datamodule=dm)   # fine-tunes sparse
+    """
+    where = "the checkpoint dict" if isinstance(checkpoint, dict) else f"the checkpoint {str(checkpoint)!r}"
+    if not isinstance(checkpoint, dict):
+        # weights_only=False: Lightning checkpoints may hold hyperparameter objects a weights-only load refuses.
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    masks = {n: m.to(torch.bool) for n, m in _checkpoint_state(checkpoint, where)["masks"].items()}
+    targets = set(prunable_parameters(module))
+    unknown = sorted(set(masks) - targets)
+    if unknown:
+        raise ValueError(
+            f"the masks of {where} name tensors that {type(module).__name__} does not have or cannot mask: "
+            f"{unknown[:5]}; give the same kind of module as the one that saved it (the LightningModule, "
+            "not its inner network)"
+        )
+    apply_masks(module, masks)
+    with torch.no_grad():
+        for n in masks:
+            _original(module, n).mul_(_mask_module(module, n).mask)
+    return get_masks(module)
 
 
 class ForesightPruningCallback(Callback):
@@ -159,12 +265,20 @@ class ForesightPruningCallback(Callback):
         method: Scoring method, a name (``"px"``, ``"snip"``, ``"grasp"``, ``"synflow"``, ``"magnitude"``,
             ``"random"``, and any other name ``px_lightning.pruning`` knows) or a ``Scorer`` object.
         density: Fraction of the prunable weights to keep, in (0, 1]. Give this or ``sparsity``.
+            ``density=1.0`` is the dense baseline: no scoring, all-ones masks (so the run takes the same
+            path as a pruned one: checkpoints, resume, logs and the density table; the mask multiply costs
+            about 0.3% of a step, benchmarks/README.md).
         sparsity: Fraction to prune, in [0, 1) (``density = 1 - sparsity``). Give this or ``density``.
         rounds: Scoring rounds (iterative pruning); ``None``: the method's ``default_rounds`` (1 for one-shot
             methods, 20 for NTK-SAP, 100 otherwise).
         scope: ``"global"`` (one threshold over all layers) or ``"local"`` (each layer to ``density``).
         schedule: Density after each round, ``"exponential"`` (published) or ``"linear"``.
         num_batches: Train batches to score on when the datamodule has no ``scoring_dataloader()``.
+            The scoring batch size matters for PX: its data path runs BatchNorm in train mode, whose
+            statistics are those of each scoring batch, so other batch sizes give other masks. Without a
+            ``scoring_dataloader()`` the batches are the train dataloader's, so changing ``batch_size``
+            (e.g. dividing it by the number of DDP processes) changes the masks; a ``scoring_dataloader()``
+            with a fixed batch size keeps them.
         include: Name patterns (globs or module prefixes) of the tensors to prune; default: the weight of
             every Conv and Linear layer of the LightningModule (names as in ``named_parameters()``).
         exclude: Name patterns removed from the prunable tensors (e.g. ``["net.fc"]``).
@@ -176,10 +290,16 @@ class ForesightPruningCallback(Callback):
             entries at exactly zero.
         verbose: Print the per-layer density table (rank zero) after pruning.
         method_options: Options of the scoring method, e.g. ``{"kernel_norm": "eval"}`` for PX or
-            ``{"seed": 0}`` for random. For ``method="px"`` the callback adds ``head="body"``,
-            ``bn_warmup=True`` and ``layer_floor=0.2`` unless given here (``PX_CALLBACK_DEFAULTS``: they
-            keep the classifier and the residual blocks alive at low density);
-            ``{"head": "published", "bn_warmup": False, "layer_floor": 0}`` gives the published scoring. SNIP and GraSP score with the LightningModule's ``loss_fn``
+            ``{"seed": 0}`` for random; or keyed by method name, ``{"px": {"head": "body"}}``, so that only
+            the chosen method's options apply (a config can state PX's options and still switch ``method``
+            with one override). For ``method="px"`` the callback adds ``head="body"``, ``bn_warmup=True``
+            and ``layer_floor=0.2`` unless given here (``PX_CALLBACK_DEFAULTS``: they keep the classifier
+            and the residual blocks alive at low density). ``bn_warmup`` left unset is decided at fit start:
+            on only if every BatchNorm layer still has its initial statistics (0/1, no batch tracked); a
+            pre-trained or trained network is scored with its own statistics (``bn_warmup=False``, logged).
+            ``{"kernel_norm": "train", "head": "published", "bn_warmup": False, "layer_floor": 0}`` is the
+            authors' scoring exactly (``kernel_norm="train"`` is degenerate on BatchNorm networks:
+            ``shared/conformance/README.md``). SNIP and GraSP score with the LightningModule's ``loss_fn``
             attribute when it has one (so a segmenter's ``ignore_index=255`` holds), else cross-entropy.
         distributed_scoring: Under DDP, ``"shard"``: each rank scores its share of whole scoring batches
             and the scores are summed across ranks before each round's threshold (data-parallel);
@@ -211,6 +331,11 @@ class ForesightPruningCallback(Callback):
     train on with the same masks, resume from a checkpoint of the fit (``fit(..., ckpt_path=...)``), since a
     new fit of the returned model would score it again.
 
+    Resuming (``fit(..., ckpt_path=...)``) a checkpoint written with this callback keeps its masks without
+    scoring; a callback given another ``method`` or ``density`` than the checkpoint's warns (rank zero),
+    naming both, and keeps the checkpoint's masks. ``YourModule.load_from_checkpoint(path)`` gives the
+    pruned weights without masks; :func:`restore_masks` re-installs them before fine-tuning.
+
     Resuming a dense checkpoint (from a fit without this callback) with ``fit(..., ckpt_path=...)`` prunes
     the restored, trained weights at fit start and trains on from the checkpoint's step and optimizer state
     (matched to the pruned parameters, zero at the pruned entries).
@@ -238,7 +363,9 @@ class ForesightPruningCallback(Callback):
         if (density is None) == (sparsity is None):
             raise ValueError(
                 "ForesightPruningCallback needs exactly one of density (fraction kept) or sparsity (fraction "
-                f"pruned); got density={density!r}, sparsity={sparsity!r}: remove one"
+                f"pruned); got density={density!r}, sparsity={sparsity!r}: remove one (on the px-lightning "
+                "command line, over a config that sets density, add --trainer.callbacks.init_args.density=null; "
+                "over one that sets sparsity, --trainer.callbacks.init_args.sparsity=null)"
                 if density is not None
                 else "ForesightPruningCallback needs density (fraction kept) or sparsity (fraction pruned): "
                 "give one, e.g. density=0.1"
@@ -261,10 +388,15 @@ class ForesightPruningCallback(Callback):
             raise ValueError(
                 f"distributed_scoring must be 'auto', 'shard' or 'replicate', got {distributed_scoring!r}"
             )
+        if method_options is not None and not isinstance(method_options, dict):
+            raise TypeError(f"method_options must be a mapping or None, got {type(method_options).__name__}")
         self.method = method
-        self.method_options = dict(method_options or {})
+        self.method_options = _options_for(method, method_options or {})
+        # bn_warmup left to the callback: decided at fit start from the model's BatchNorm statistics.
+        self._auto_bn_warmup = False
         if isinstance(method, str) and method.lower() == "px":
             # The user's options win; the defaults are the measured best against layer collapse.
+            self._auto_bn_warmup = "bn_warmup" not in self.method_options
             self.method_options = {**PX_CALLBACK_DEFAULTS, **self.method_options}
         # Resolve now so that a wrong method name or option fails when the callback is built.
         self.scorer = get_scorer(method, **self.method_options)
@@ -359,7 +491,16 @@ class ForesightPruningCallback(Callback):
                     f"(step {dense.get('global_step')}) now; training resumes from its step and optimizer "
                     "state, the pruned entries' state zeroed"
                 )
-            masks = self._score(trainer, pl_module)
+            if self.density >= 1.0:
+                # The dense baseline: nothing to prune, so no scoring (and no scoring data needed). All-ones
+                # masks keep the run on the same path as a pruned one: checkpoints, resume, DDP, logs.
+                rank_zero_info(
+                    "ForesightPruningCallback: density=1.0, the dense baseline: no scoring, all-ones masks"
+                )
+                masks = {n: torch.ones_like(_mask_module(pl_module, n).mask) for n in self._names}
+            else:
+                self._resolve_bn_warmup(trainer, pl_module)
+                masks = self._score(trainer, pl_module)
             generator = self._shared_generator(trainer) if (self.reshuffle or self.reinit) else None
             if self.reshuffle:
                 masks = {n: _permuted(m, generator) for n, m in masks.items()}
@@ -379,6 +520,29 @@ class ForesightPruningCallback(Callback):
                 _original(pl_module, n).mul_(_mask_module(pl_module, n).mask)
         self.report = sparsity_report(pl_module)
         self._log(trainer)
+
+    def _resolve_bn_warmup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """PX's ``bn_warmup`` when ``method_options`` leaves it to the callback: on only at initialisation.
+
+        Warming BatchNorm up replaces the running statistics of the scoring copies with the scoring data's;
+        on a network at initialisation (all 0/1) that is the measured improvement, but trained statistics
+        (a pre-trained backbone, a dense checkpoint) are what PX should score with.
+        """
+        if not self._auto_bn_warmup or not isinstance(self.scorer, PXScorer):
+            return
+        initial = _initial_bn_statistics(pl_module)
+        # Rank 0 decides for every rank, so all ranks score the same way (DDP syncs buffers anyway).
+        initial = trainer.strategy.broadcast(initial, src=0)
+        self.scorer.bn_warmup = initial is True
+        self.method_options["bn_warmup"] = self.scorer.bn_warmup
+        if initial is False:
+            rank_zero_info(
+                "ForesightPruningCallback: PX bn_warmup=False: the model's BatchNorm layers hold trained "
+                "running statistics (not the initial 0/1; e.g. a pre-trained backbone), which PX scores with. "
+                "Set method_options={'px': {'bn_warmup': True}} to estimate them on the scoring data instead"
+            )
+        elif initial is None:
+            rank_zero_info("ForesightPruningCallback: PX bn_warmup=False: the model has no BatchNorm layer")
 
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         batches = self._scoring_batches(trainer)
@@ -501,7 +665,7 @@ class ForesightPruningCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
-            rank_zero_info(_table(report))
+            rank_zero_info(density_table(trainer.lightning_module))
 
     def _match_dense_optimizer_states(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -574,6 +738,21 @@ class ForesightPruningCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         masks = state_dict.get("masks")
         self._masks = None if masks is None else {n: m.to(torch.bool) for n, m in masks.items()}
+        if masks is None:
+            return
+        saved_method, saved_density = state_dict.get("method"), state_dict.get("density")
+        differs = []
+        if saved_method is not None and str(saved_method).lower() != str(self.scorer.name).lower():
+            differs.append(f"method {saved_method!r} (this callback: {self.scorer.name!r})")
+        if saved_density is not None and not math.isclose(float(saved_density), self.density, rel_tol=1e-9):
+            differs.append(f"density {saved_density} (this callback: {self.density})")
+        if differs:
+            rank_zero_warn(
+                f"ForesightPruningCallback: the checkpoint's masks were found with {' and '.join(differs)}; "
+                "resuming keeps the checkpoint's masks and does not score again. To prune with this callback's "
+                "settings, start a new fit without ckpt_path (or load the weights only: "
+                "YourModule.load_from_checkpoint(path))"
+            )
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -668,11 +847,34 @@ def _check_same_batches(batches: Sequence) -> None:
         )
 
 
-def _table(report: dict) -> str:
-    rows = [(n, f"{v['kept']}/{v['total']}", f"{v['density']:.4f}") for n, v in report["layers"].items()]
-    rows.append(("total", f"{report['kept']}/{report['total']}", f"{report['density']:.4f}"))
-    widths = [max(len(r[i]) for r in [("layer", "kept/total", "density"), *rows]) for i in range(3)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format("layer", "kept/total", "density"), line.format(*("-" * w for w in widths))]
-    out += [line.format(*r) for r in rows]
-    return "Pruning masks:\n" + "\n".join(out)
+def density_table(model: nn.Module) -> str:
+    """A per-layer density table of ``model``: kept / total weights of each prunable tensor.
+
+    Reads the masks when the model carries them; on a model without masks (dense, or masks made
+    permanent) it counts the non-zero entries of each prunable weight instead, so the table always
+    says what the model really is. The callback prints it after pruning; ``px-lightning`` after ``test``.
+
+    Example:
+        >>> print(density_table(model))
+    """
+    if get_masks(model):
+        report = sparsity_report(model)
+        rows = [(n, r["kept"], r["total"]) for n, r in report["layers"].items()]
+        source = "masks"
+    else:
+        rows = []
+        for name, (module, attr) in prunable_parameters(model).items():
+            weight = getattr(module, attr)
+            rows.append((name, int((weight != 0).sum()), weight.numel()))
+        source = "non-zero weights (no masks on the model)"
+    width = max([len("layer")] + [len(n) for n, _, _ in rows])
+    lines = [
+        f"Per-layer density ({source})",
+        f"{'layer':<{width}}  {'kept':>10}  {'total':>10}  {'density':>8}",
+    ]
+    for name, kept, total in rows:
+        lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {kept / total:>8.4f}")
+    kept = sum(r[1] for r in rows)
+    total = sum(r[2] for r in rows)
+    lines.append(f"{'total':<{width}}  {kept:>10}  {total:>10}  {kept / max(total, 1):>8.4f}")
+    return "\n".join(lines)
