@@ -1,4 +1,5 @@
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -132,3 +133,101 @@ def test_rounds_default_to_the_methods_published_count(method, rounds):
     seen = []
     find_masks(net, method, batches, density=0.5, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (rounds, rounds)
+
+
+# --- the global threshold against a straightforward reference (concatenate, sort, take the k-th) ---
+
+KINDS = ["uniform", "signed", "ties", "signed_ties", "extremes", "nan"]
+
+
+def _reference_global(scores: dict, density: float) -> dict:
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    k = int((1.0 - density) * flat.numel())
+    if k < 1:
+        return {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
+    threshold = torch.sort(flat).values[k - 1]  # ascending, NaN last (where torch.kthvalue ranks it)
+    return {n: s > threshold for n, s in scores.items()}
+
+
+def _case(kind: str, dtype: torch.dtype, gen: torch.Generator) -> dict:
+    out = {}
+    for i in range(int(torch.randint(1, 7, (1,), generator=gen))):
+        shape = tuple(
+            int(d)
+            for d in torch.randint(1, 12, (int(torch.randint(1, 4, (1,), generator=gen)),), generator=gen)
+        )
+        if kind == "uniform":
+            s = torch.rand(shape, generator=gen, dtype=torch.float64)
+        elif kind == "signed":  # GraSP-like, over many orders of magnitude
+            scale = 10.0 ** float(torch.randint(-30, 30, (1,), generator=gen))
+            s = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+        elif kind == "ties":  # few distinct values, many zeros (pruned weights, magnitude of rounded weights)
+            s = torch.randint(0, 3, shape, generator=gen).double() * 0.25
+        elif kind == "signed_ties":  # negative ties, and -0.0 next to +0.0
+            s = torch.randint(-2, 3, shape, generator=gen).double() * 0.5
+            s[torch.rand(shape, generator=gen) < 0.3] = -0.0
+        elif kind == "extremes":  # infinities (pruned ranked last, floor reservations), subnormals
+            s = torch.randn(shape, generator=gen, dtype=torch.float64) * 1e-310
+            s[torch.rand(shape, generator=gen) < 0.3] = float("-inf")
+            s[torch.rand(shape, generator=gen) < 0.2] = float("inf")
+        else:  # NaN of both signs (find_masks refuses them; threshold_masks prunes them, as published)
+            s = torch.randn(shape, generator=gen, dtype=torch.float64)
+            s[torch.rand(shape, generator=gen) < 0.2] = float("nan")
+            s[torch.rand(shape, generator=gen) < 0.2] = -float("nan")
+        out[f"layer{i}.weight"] = s.to(dtype)
+    return out
+
+
+DENSITIES = (1.0, 0.99, 0.5, 0.2, 0.02, 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_global_threshold_equals_concatenate_and_sort(dtype, kind):
+    gen = torch.Generator().manual_seed(KINDS.index(kind))
+    for _ in range(15 if dtype in (torch.float32, torch.float64) else 4):
+        scores = _case(kind, dtype, gen)
+        for density in DENSITIES:
+            got = threshold_masks(scores, density, "global")
+            want = _reference_global(scores, density)
+            assert all(torch.equal(got[n], want[n]) for n in scores), (kind, density, scores)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["uniform", "ties", "signed_ties"])
+def test_layer_floor_equals_reference(dtype, kind):
+    # The published-style reference: copy the scores, give each tensor's best positive ones +inf.
+    gen = torch.Generator().manual_seed(10 + KINDS.index(kind))
+    for _ in range(8):
+        scores = _case(kind, dtype, gen)
+        for density in (0.5, 0.1, 0.02):
+            if density * sum(s.numel() for s in scores.values()) < 1:
+                continue  # keeps no weight: refused with an error
+            floored = {}
+            for n, s in scores.items():
+                want = min(math.ceil(0.5 * density * s.numel()), int((s > 0).sum()))
+                s = s.clone()
+                if want:
+                    s.view(-1)[torch.topk(s.flatten(), want).indices] = float("inf")
+                floored[n] = s
+            got = threshold_masks(scores, density, "global", layer_floor=0.5)
+            want = _reference_global(floored, density)
+            assert all(torch.equal(got[n], want[n]) for n in scores), (kind, density)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grasp_continuing_ranks_pruned_weights_last(dtype):
+    # GraSP scores are signed: a pruned weight (score 0) must rank below kept weights' negative scores.
+    model = small_cnn().to(dtype)
+    batches = [(torch.randn(4, 3, 16, 16, dtype=dtype), torch.tensor([0, 1, 2, 3]))]
+    first = find_masks(model, "magnitude", density=0.5)
+    apply_masks(model, first)
+    scores = compute_scores(model, "grasp", batches)
+    assert any(bool((s < 0).any()) for s in scores.values())  # the case this test is about
+    ranked = {n: s.masked_fill(~first[n], float("-inf")) for n, s in scores.items()}
+    want = {n: m & first[n] for n, m in _reference_global(ranked, 0.45).items()}
+    # At 0.45 of 0.5 kept, the k-th smallest falls among the pruned weights' zeros if they are not last.
+    unranked = {n: m & first[n] for n, m in _reference_global(scores, 0.45).items()}
+    assert any(not torch.equal(want[n], unranked[n]) for n in want)
+    got = find_masks(model, "grasp", batches, density=0.45, rounds=1)
+    assert all(torch.equal(got[n], want[n]) for n in want)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .masks import _module_and_attr, apply_masks, get_masks, remove_masks, sparsity_report, warn_collapsed
-from .schedule import density_schedule, threshold_masks
+from .schedule import _threshold, density_schedule, threshold_masks
 from .scorers import Scorer, get_scorer
 from .targets import prunable_parameters
 
@@ -37,12 +37,11 @@ def _scoring_batches(batches: Iterable, scorer: Scorer) -> list:
     return batches
 
 
-def _rank_pruned_last(scores: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+def _signed(scores: dict[str, Tensor]) -> bool:
     # A pruned weight scores 0; with signed scores (GraSP) 0 can rank above kept weights' negative scores
-    # and the pruned weight would come back. Non-negative scores are left as they are (published threshold).
-    if not any(bool((s < 0).any()) for s in scores.values()):
-        return scores
-    return {n: s.masked_fill(~masks[n].to(s.device), float("-inf")) for n, s in scores.items()}
+    # and the pruned weight would come back, so it then ranks last (-inf). Non-negative scores are
+    # thresholded as they are (published threshold).
+    return any(bool((s < 0).any()) for s in scores.values())
 
 
 def _check_scores(scores: dict[str, Tensor], method: str) -> None:
@@ -131,9 +130,15 @@ def find_masks(
             )
         # A scorer may ask for constrained thresholding (PX's dense_head / layer_floor options).
         constraints = scorer.thresholding(weights) if hasattr(scorer, "thresholding") else {}
-        new = threshold_masks(_rank_pruned_last(scores, masks), round_density, scope, **constraints)
+        # ``pruned``: pruned weights rank last without a copy of the scores (each tensor's is made in turn).
+        new = _threshold(
+            scores, round_density, scope, pruned=masks if _signed(scores) else None, **constraints
+        )
+        del scores  # not alive during the next round's scoring
         # Continue from the current masks: a pruned weight never comes back, whatever a scorer returns.
-        masks = {n: m & masks[n].to(m.device) for n, m in new.items()}
+        for n, m in new.items():
+            m &= masks[n].to(m.device)
+        masks = new
         if progress is not None:
             progress(done, rounds)
     warn_collapsed(masks, scorer.name)

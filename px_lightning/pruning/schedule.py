@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -60,20 +60,134 @@ def threshold_masks(
     (global scope): every other tensor keeps at least ``ceil(layer_floor * density * size)`` of its
     positive-scored weights, its best ones, again inside the same total budget.
 
+    The global threshold is the published one (the k-th smallest of all scores, ``k = int((1 - d) * n)``,
+    scores strictly above it kept) found without concatenating the scores: extra memory is a few times
+    the largest tensor, not the whole model's scores.
+
     Example:
         >>> threshold_masks(scores, 0.01, dense=["fc.weight"], layer_floor=0.2)
     """
+    return _threshold(scores, density, scope, dense=dense, layer_floor=layer_floor)
+
+
+def _threshold(
+    scores: Mapping[str, Tensor],
+    density: float,
+    scope: str,
+    *,
+    dense: Sequence[str] = (),
+    layer_floor: float = 0.0,
+    pruned: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    # ``threshold_masks``, where ``pruned`` (bool masks, False = pruned) makes pruned weights score -inf.
+    # Each tensor's effective scores are made when read and dropped after: no full-size copy of them all.
+    if scope not in ("global", "local"):
+        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+    views = {n: _view(s, None if pruned is None else pruned[n]) for n, s in scores.items()}
     if dense or layer_floor:
-        return _threshold_with_constraints(scores, density, scope, dense, layer_floor)
-    if scope == "global":
-        return split_like(_keep_above(flatten_named(scores), density), scores)
+        return _threshold_with_constraints(scores, views, density, scope, dense, layer_floor)
     if scope == "local":
-        return {n: _keep_above(s, density) for n, s in scores.items()}
-    raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+        return {n: _keep_above(view(), density) for n, view in views.items()}
+    return _global_keep_above(scores, views, density)
+
+
+def _view(scores: Tensor, kept: Tensor | None) -> Callable[[], Tensor]:
+    if kept is None:
+        return lambda: scores
+    # A pruned weight scores 0; with signed scores (GraSP) 0 can rank above kept weights' negative scores
+    # and the pruned weight would come back, so it ranks last.
+    return lambda: scores.masked_fill(~kept.to(scores.device), float("-inf"))
+
+
+def _global_keep_above(
+    like: Mapping[str, Tensor], views: Mapping[str, Callable[[], Tensor]], density: float
+) -> dict[str, Tensor]:
+    # ``_keep_above`` of all scores as one vector (``like`` gives the shapes, dtypes and devices).
+    n = sum(t.numel() for t in like.values())
+    k = int((1.0 - density) * n)
+    dtypes = {t.dtype for t in like.values()}
+    devices = {t.device for t in like.values()}
+    if len(dtypes) != 1 or len(devices) != 1 or next(iter(dtypes)) not in _BITS_AS_INT:
+        # Mixed or non-float dtypes: the published concatenation (its type promotion included).
+        flat = torch.cat([view().flatten() for view in views.values()])
+        return split_like(_keep_above(flat, density), like)
+    if k < 1:
+        return {name: torch.ones_like(t, dtype=torch.bool) for name, t in like.items()}
+    threshold = _kth_smallest(list(views.values()), k, next(iter(dtypes)), next(iter(devices)))
+    return {name: view() > threshold for name, view in views.items()}
+
+
+# The signed integer type of each float type's bit pattern, for ``_kth_smallest``.
+_BITS_AS_INT = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+_DIGIT = 16  # key bits resolved per pass: 1 pass for 16-bit floats, 2 for float32, 4 for float64
+
+
+def _order_keys(x: Tensor) -> Tensor:
+    # ``x`` flat as signed integers in the order of its values (-0.0 just below +0.0; every NaN above
+    # +inf, where ``torch.kthvalue`` ranks it). 16-bit keys are widened to int32 for the digit arithmetic.
+    bits = torch.finfo(x.dtype).bits
+    raw = x.reshape(-1).view(_BITS_AS_INT[x.dtype])
+    if bits == 16:
+        raw = raw.to(torch.int32)  # sign-extended: the same signed value
+    # Read as a signed integer, a float's bit pattern orders the non-negative floats like their values and
+    # the negative ones in reverse; flipping a negative float's magnitude bits puts those in order too.
+    magnitude = (1 << (bits - 1)) - 1
+    key = raw >> (bits - 1)  # -1 (all bits set) for a negative float, 0 otherwise
+    key &= magnitude
+    key ^= raw
+    # A NaN with its sign bit set comes out below -inf: put it with the other NaNs, above +inf.
+    neg_inf = torch.tensor(float("-inf"), dtype=x.dtype).view(_BITS_AS_INT[x.dtype]).item() ^ magnitude
+    key.masked_fill_(key < neg_inf, magnitude)
+    return key
+
+
+def _kth_smallest(
+    parts: Sequence[Callable[[], Tensor]], k: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """The k-th smallest (1-based) of all values of ``parts``' tensors, as ``torch.kthvalue`` of their
+    concatenation gives it, as a 0-dim tensor on ``device``; each part is made and dropped in turn.
+
+    A radix select on the values' order keys: each pass histograms the next 16 bits of the keys that share
+    the bits found so far (``bincount`` of 65536 bins, on the scores' device) and picks the bin holding
+    the k-th. Exact, ties included (equal values have equal keys); extra memory a few times the largest
+    part. Every value of the concatenation is counted, so the k-th is the same value (``-0.0`` may come
+    out for ``+0.0``, which compares equal).
+    """
+    bits = torch.finfo(dtype).bits
+    lo = hi = None  # the range of keys known to hold the k-th smallest (None: all of them)
+    for shift in range(bits - _DIGIT, -1, -_DIGIT):
+        hist = torch.zeros(1 << _DIGIT, dtype=torch.int64, device=device)
+        for part in parts:
+            key = _order_keys(part())
+            if lo is None:
+                digit = (key >> shift) + (1 << (_DIGIT - 1))  # the signed top bits, offset to 0..65535
+            else:
+                digit = (key[(key >= lo) & (key <= hi)] >> shift) & ((1 << _DIGIT) - 1)
+            hist += torch.bincount(digit, minlength=1 << _DIGIT)
+            del key, digit  # before the next part is made
+        below = hist.cumsum(0)
+        b = int(torch.searchsorted(below, k))  # the first bin whose cumulative count reaches k
+        if b:
+            k -= int(below[b - 1])
+        lo = ((b - (1 << (_DIGIT - 1))) << shift) if lo is None else lo + (b << shift)
+        hi = lo + (1 << shift) - 1
+    magnitude = (1 << (bits - 1)) - 1
+    raw = lo ^ magnitude if lo < 0 else lo  # the inverse of ``_order_keys``
+    return torch.tensor(raw, dtype=_BITS_AS_INT[dtype], device=device).view(dtype)
 
 
 def _threshold_with_constraints(
-    scores: dict[str, Tensor], density: float, scope: str, dense: Sequence[str], layer_floor: float
+    scores: Mapping[str, Tensor],
+    views: dict[str, Callable[[], Tensor]],
+    density: float,
+    scope: str,
+    dense: Sequence[str],
+    layer_floor: float,
 ) -> dict[str, Tensor]:
     unknown = [n for n in dense if n not in scores]
     if unknown:
@@ -85,10 +199,8 @@ def _threshold_with_constraints(
     if not rest:
         return out
     if scope == "local":
-        out.update(threshold_masks(rest, density, "local"))
+        out.update({n: _keep_above(views[n](), density) for n in rest})
         return {n: out[n] for n in scores}
-    if scope != "global":
-        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
     total = sum(s.numel() for s in scores.values())
     size = sum(s.numel() for s in rest.values())
     budget = density * total - sum(m.numel() for m in out.values())
@@ -97,17 +209,26 @@ def _threshold_with_constraints(
             f"density {density:g} (this round's) keeps {density * total:.0f} weights, not more than the "
             f"dense tensors {list(dense)} hold: raise the density or keep fewer tensors dense"
         )
+    rest_views = {n: views[n] for n in rest}
     if layer_floor:
         # Reserve each tensor's best positive-scored weights (pruned weights score 0 and stay pruned), by
-        # giving them an infinite score, then threshold globally within the same budget.
-        floored = {}
+        # giving them an infinite score, then threshold globally within the same budget. Only their
+        # positions are kept; the infinite scores are written into each tensor's copy when it is read.
         for n, s in rest.items():
-            want = min(math.ceil(layer_floor * density * s.numel()), int((s > 0).sum()))
-            s = s.clone()
+            view = views[n]
+            effective = view()
+            want = min(math.ceil(layer_floor * density * s.numel()), int((effective > 0).sum()))
             if want:
-                top = torch.topk(s.flatten(), want).indices
-                s.view(-1)[top] = float("inf")
-            floored[n] = s
-        rest = floored
-    out.update(threshold_masks(rest, min(1.0, budget / size), "global"))
+                top = torch.topk(effective.flatten(), want).indices
+                rest_views[n] = _with_inf(view, top)
+            del effective
+    out.update(_global_keep_above(rest, rest_views, min(1.0, budget / size)))
     return {n: out[n] for n in scores}
+
+
+def _with_inf(view: Callable[[], Tensor], positions: Tensor) -> Callable[[], Tensor]:
+    def read() -> Tensor:
+        s = view()
+        return s.flatten().index_fill(0, positions, float("inf")).view_as(s)
+
+    return read
