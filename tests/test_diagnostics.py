@@ -7,13 +7,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from px_lightning.callbacks import ForesightPruningCallback, PruningDiagnosticsCallback
 from px_lightning.data import DigitsDataModule
 from px_lightning.diagnostics import compare_spectra, empirical_ntk, ntk_spectrum, spectrum
 from px_lightning.models.small_cnn import SmallCNN
 from px_lightning.modules import ImageClassifier
-from px_lightning.pruning import apply_masks, find_masks, get_masks
+from px_lightning.pruning import apply_masks, compute_scores, find_masks, get_masks
 
 
 def tiny_mlp(bias=True, seed=0):
@@ -203,8 +204,10 @@ def test_logs_density_scores_and_ntk_to_a_real_event_file(tmp_path):
     assert density == pytest.approx(kept, rel=1e-6) and density < 0.25
     hist = [t for t in tags["histograms"] if t.startswith("diagnostics/scores/")]
     assert "diagnostics/scores/all" in hist and "diagnostics/scores/model.fc.weight" in hist
-    # The first NTK record compares the pruned network with the dense one at initialisation.
-    x = diag._batch[0][:6]
+    # The first NTK record compares the pruned network with the dense one at initialisation, on the first
+    # inputs of the datamodule's scoring_dataloader() (the pruning callback's scoring data).
+    x = next(iter(DigitsDataModule(batch_size=32, examples_per_class=2).scoring_dataloader()))[0][:6]
+    assert torch.equal(diag._ntk_inputs, x)
     masked0 = acc.Scalars("ntk/masked_trace")[0].value
     dense0 = acc.Scalars("ntk/dense_trace")[0].value
     plain_dense = ImageClassifier(SmallCNN(10, widths=(4, 8)), num_classes=10)
@@ -237,3 +240,89 @@ def test_refuses_a_trainer_without_tensorboard_or_masks(tmp_path):
         fit(tmp_path, PruningDiagnosticsCallback(log_scores=False), pruning=False)
     with pytest.raises(ValueError, match="every_n_epochs"):
         PruningDiagnosticsCallback(every_n_epochs=0)
+    with pytest.raises(ValueError, match="num_batches"):
+        PruningDiagnosticsCallback(num_batches=0)
+
+
+class TinySegmenter(L.LightningModule):
+    """Per-pixel logits and a loss that ignores label 255, like SemanticSegmenter (whose DeepLabV3+ is too
+    slow for this test)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=255)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss_fn(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class ExpectedScores(L.Callback):
+    """At training start (after the diagnostics callback, before any step): SNIP scores of the masked
+    module with its own loss on the given batches, computed by the algorithm layer."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def on_train_start(self, trainer, pl_module):
+        masks = get_masks(pl_module)
+        self.masks = {n: m.clone() for n, m in masks.items()}
+        self.scores = {
+            key: compute_scores(pl_module, "snip", b, loss_fn=pl_module.loss_fn, include=list(masks))
+            for key, b in self.batches.items()
+        }
+
+
+def _log10_kept(scores, masks):
+    kept = torch.cat([s[masks[n]].double() for n, s in scores.items()])
+    return kept[kept > 0].log10()
+
+
+def test_scores_use_the_module_loss_and_the_pruning_data_and_keep_the_backend(tmp_path):
+    import matplotlib
+
+    # Segmentation-like targets: label 255 (void) in every batch, which a default cross-entropy rejects.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 8, 8, generator=g)
+    y = torch.randint(0, 3, (16, 8, 8), generator=g)
+    y[:, 0, :] = 255
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=False)
+    batches = list(loader)
+    expected = ExpectedScores({"first2": batches[:2], "all": batches})
+    module = TinySegmenter()
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=TensorBoardLogger(tmp_path, name="seg", default_hp_metric=False),
+        callbacks=[
+            PruningDiagnosticsCallback(log_ntk=False),
+            ForesightPruningCallback("snip", density=0.3, num_batches=2, verbose=False),
+            expected,
+        ],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a notebook's non-Agg backend: the callback must leave it alone
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    acc = events(trainer.logger.log_dir)
+    assert "diagnostics/layer_density" in acc.Tags()["images"]
+    hist = acc.Histograms("diagnostics/scores/all")[0].histogram_value
+    # The pruning callback's data: the first num_batches=2 train batches (no scoring_dataloader here).
+    want = _log10_kept(expected.scores["first2"], expected.masks)
+    other = _log10_kept(expected.scores["all"], expected.masks)
+    assert hist.num == want.numel()
+    assert hist.sum == pytest.approx(float(want.sum()), rel=1e-6)
+    assert abs(float(other.sum()) - float(want.sum())) > 1e-3 * abs(float(want.sum()))

@@ -14,6 +14,18 @@ N-th training epoch, it logs to the trainer's ``TensorBoardLogger``:
   inputs against that of the dense network at initialisation (the weights as they were at ``setup``,
   before pruning zeroed the pruned entries). Computed with ``px_lightning.diagnostics``.
 
+The scores are computed as ``ForesightPruningCallback`` computes them: with the LightningModule's
+``loss_fn`` when it has one (SNIP, GraSP; a segmenter's loss ignores label 255), on the same scoring data
+(all batches of the datamodule's ``scoring_dataloader()`` when it has one, else the first ``num_batches``
+batches of the train dataloader). A ``scoring_dataloader()`` is deterministic, so it is read afresh at
+every log; train batches are drawn once, at training start, and held for the run, so that epochs are
+comparable. A shuffled train dataloader gives them other draws than the pruning callback's: give the
+datamodule a ``scoring_dataloader()`` to score on exactly the pruning data. The NTK takes the first
+``num_samples`` inputs of those batches, kept from the first log.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects rendered with the Agg canvas directly: neither
+pyplot nor the global matplotlib backend is touched (notebook plots keep their inline backend).
+
 Only the global-zero rank computes and logs. Resuming from a checkpoint: the dense reference is the
 module's weights at ``setup``, i.e. a fresh initialisation, not the run's original one.
 
@@ -29,9 +41,12 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
@@ -40,6 +55,12 @@ from ..diagnostics import empirical_ntk, plain_parameters, spectrum
 from ..pruning import compute_scores, get_masks, sparsity_report
 from ..pruning.scorers import Scorer, get_scorer
 from ..pruning.scorers.base import batch_inputs
+from .foresight import ForesightPruningCallback, _module_loss
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+_DEFAULT_NUM_BATCHES = 10  # ForesightPruningCallback's default
 
 
 class PruningDiagnosticsCallback(pl.Callback):
@@ -55,6 +76,9 @@ class PruningDiagnosticsCallback(pl.Callback):
         method: Scoring method for the histograms (name or ``Scorer``); ``None`` takes the method of the
             trainer's ``ForesightPruningCallback``.
         method_options: Options of ``method`` when it is a name.
+        num_batches: Train batches the scores are computed on when the datamodule has no
+            ``scoring_dataloader()``; ``None`` takes the ``ForesightPruningCallback``'s ``num_batches``
+            (10 without one).
 
     Example:
         >>> PruningDiagnosticsCallback(every_n_epochs=1, num_samples=8, top_k=5)
@@ -70,9 +94,13 @@ class PruningDiagnosticsCallback(pl.Callback):
         log_ntk: bool = True,
         method: str | Scorer | None = None,
         method_options: dict | None = None,
+        num_batches: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("num_samples", num_samples), ("top_k", top_k), ("chunk_size", chunk_size)):
+        checked = [("num_samples", num_samples), ("top_k", top_k), ("chunk_size", chunk_size)]
+        if num_batches is not None:
+            checked.append(("num_batches", num_batches))
+        for name, value in checked:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if every_n_epochs is not None and (
@@ -83,8 +111,10 @@ class PruningDiagnosticsCallback(pl.Callback):
         self.num_samples, self.top_k, self.chunk_size = num_samples, top_k, chunk_size
         self.log_scores, self.log_ntk = log_scores, log_ntk
         self.scorer = None if method is None else get_scorer(method, **(method_options or {}))
+        self.num_batches = num_batches
         self._dense: dict[str, Tensor] | None = None
-        self._batch = None
+        self._batches: list | None = None
+        self._ntk_inputs: Tensor | None = None
         self._dense_spectrum = None
 
     # -- hooks -------------------------------------------------------------------------------------
@@ -97,10 +127,10 @@ class PruningDiagnosticsCallback(pl.Callback):
                 f"(loggers: {[type(lg).__name__ for lg in trainer.loggers]}); pass "
                 "logger=TensorBoardLogger(save_dir) to the Trainer"
             )
+        pruning = [cb for cb in trainer.callbacks if isinstance(cb, ForesightPruningCallback)]
+        if self.num_batches is None:
+            self.num_batches = pruning[0].num_batches if pruning else _DEFAULT_NUM_BATCHES
         if self.log_scores and self.scorer is None:
-            from .foresight import ForesightPruningCallback
-
-            pruning = [cb for cb in trainer.callbacks if isinstance(cb, ForesightPruningCallback)]
             if not pruning:
                 raise ValueError(
                     "PruningDiagnosticsCallback: no scoring method for the score histograms: add a "
@@ -131,28 +161,23 @@ class PruningDiagnosticsCallback(pl.Callback):
                 "ForesightPruningCallback (or apply_masks before fit)"
             )
         writer, step = self._experiment(trainer), trainer.global_step
-        batch = self._scoring_batch(trainer, pl_module)
+        batches = self._scoring_batches(trainer)
         was_training = pl_module.training
         try:
             self._log_density(writer, pl_module, step)
             if self.log_scores:
-                self._log_scores(writer, pl_module, batch, step)
+                self._log_scores(writer, pl_module, batches, step)
             if self.log_ntk:
-                self._log_ntk(writer, pl_module, batch, masks, step)
+                self._log_ntk(writer, pl_module, batches, masks, step)
         finally:
             pl_module.train(was_training)
         writer.flush()
 
     def _log_density(self, writer, pl_module, step: int) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         report = sparsity_report(pl_module)
         names = list(report["layers"])
         dens = [report["layers"][n]["density"] for n in names]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names) + 2), 3.6))
+        fig, ax = _figure((max(4.0, 0.35 * len(names) + 2), 3.6))
         colors = ["tab:red" if d == 0 else "tab:blue" for d in dens]
         ax.bar(range(len(names)), [100 * d for d in dens], color=colors)
         ax.axhline(
@@ -162,13 +187,15 @@ class PruningDiagnosticsCallback(pl.Callback):
         ax.set_ylabel("kept weights (%)")
         ax.set_yscale("symlog", linthresh=0.1)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        writer.add_figure("diagnostics/layer_density", fig, step)
+        writer.add_image("diagnostics/layer_density", _render(fig), step, dataformats="HWC")
         writer.add_scalar("diagnostics/density", report["density"], step)
 
-    def _log_scores(self, writer, pl_module, batch, step: int) -> None:
+    def _log_scores(self, writer, pl_module, batches: list, step: int) -> None:
         masks = get_masks(pl_module)
-        scores = compute_scores(pl_module, self.scorer, [batch], include=list(masks))
+        # The pruning callback's rule: the module's own loss (e.g. ignoring label 255) for SNIP and GraSP.
+        scores = compute_scores(
+            pl_module, self.scorer, batches, loss_fn=_module_loss(pl_module), include=list(masks)
+        )
         kept_all = []
         for name, s in scores.items():
             kept = s[masks[name].to(s.device)].double()
@@ -180,9 +207,18 @@ class PruningDiagnosticsCallback(pl.Callback):
         if kept_all:
             writer.add_histogram("diagnostics/scores/all", torch.cat(kept_all), step)
 
-    def _log_ntk(self, writer, pl_module, batch, masks, step: int) -> None:
-        x, _ = batch_inputs(batch, next(pl_module.parameters()))
-        x = x[: self.num_samples]
+    def _log_ntk(self, writer, pl_module, batches: list, masks, step: int) -> None:
+        if self._ntk_inputs is None:  # the first num_samples scoring inputs, kept: the kernel's fixed points
+            ref = next(pl_module.parameters())
+            xs, count = [], 0
+            for batch in batches:
+                x, _ = batch_inputs(batch, ref)
+                xs.append(x[: self.num_samples - count])
+                count += len(xs[-1])
+                if count >= self.num_samples:
+                    break
+            self._ntk_inputs = torch.cat(xs)
+        x = self._ntk_inputs
         report = self._compare(pl_module, x, masks)
         writer.add_scalar("ntk/trace_ratio", report["trace_ratio"], step)
         writer.add_scalar("ntk/masked_trace", report["masked"].trace, step)
@@ -190,7 +226,7 @@ class PruningDiagnosticsCallback(pl.Callback):
         writer.add_scalar("ntk/alignment", report["alignment"], step)
         for i, r in enumerate(report["top_ratio"].tolist()):
             writer.add_scalar(f"ntk/top_eig_ratio/{i}", r, step)
-        writer.add_figure("ntk/spectrum", _spectrum_figure(report), step)
+        writer.add_image("ntk/spectrum", _render(_spectrum_figure(report)), step, dataformats="HWC")
 
     def _compare(self, pl_module, x, masks) -> dict:
         device = next(pl_module.parameters()).device
@@ -214,38 +250,48 @@ class PruningDiagnosticsCallback(pl.Callback):
             ),
         }
 
-    def _scoring_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
-        if self._batch is not None:  # the same inputs every time, so epochs are comparable
-            return self._batch
+    def _scoring_batches(self, trainer: pl.Trainer) -> list:
+        """The pruning callback's scoring data: the same batches at every log."""
         datamodule = trainer.datamodule
         if datamodule is not None and callable(getattr(datamodule, "scoring_dataloader", None)):
-            loader, source = datamodule.scoring_dataloader(), "the datamodule's scoring_dataloader()"
+            # Deterministic by contract: read afresh each time rather than held in memory for the run.
+            loader, limit = datamodule.scoring_dataloader(), None
+            source = f"{type(datamodule).__name__}.scoring_dataloader()"
+        elif self._batches is not None:  # train batches: drawn once, so that epochs are comparable
+            return self._batches
         else:
-            loader, source = trainer.train_dataloader, "the train dataloader"
-        xs, ys = [], []
-        for batch in loader if loader is not None else []:
-            x, y = batch_inputs(batch, torch.empty(0))
-            xs.append(x)
-            ys.append(y)
-            if sum(len(t) for t in xs) >= self.num_samples:
-                break
-        if not xs:
+            # As ForesightPruningCallback: the plain train loader (not the one with a DistributedSampler).
+            loader, limit = trainer.fit_loop._data_source.dataloader(), self.num_batches
+            source = f"the first {limit} batches of the train dataloader"
+        batches = [] if loader is None else list(itertools.islice(iter(loader), limit))
+        if not batches:
             raise ValueError(
                 f"PruningDiagnosticsCallback: {source} yielded no batch to compute diagnostics on"
             )
-        x = torch.cat(xs)
-        y = None if any(t is None for t in ys) else torch.cat(ys)
-        self._batch = (x, y) if y is not None else x
-        return self._batch
+        if limit is not None:
+            self._batches = batches
+        return batches
 
 
-def _spectrum_figure(report: dict):
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A figure and its axes, outside pyplot: no global state, the user's backend left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=figsize, layout="tight")
+    return fig, fig.add_subplot()
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+
+def _render(fig: Figure) -> np.ndarray:
+    """The figure as an ``(H, W, 3)`` uint8 RGB array, drawn by the Agg canvas (not the global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _spectrum_figure(report: dict) -> Figure:
+    fig, ax = _figure((5, 3.6))
     for key, style in (("dense", "-"), ("masked", "--")):
         eig = report[key].eigenvalues.clamp_min(0).cpu()
         ax.plot(range(1, len(eig) + 1), eig.numpy(), style, label=f"{key} (trace {report[key].trace:.3g})")
@@ -253,5 +299,4 @@ def _spectrum_figure(report: dict):
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("NTK eigenvalue")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
