@@ -509,6 +509,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=HERE / "quality_digits.png")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot from --out")
     parser.add_argument(
+        "--report-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="with --report: tables over these seeds only (the plot is not rewritten)",
+    )
+    parser.add_argument(
         "--score-shares",
         action="store_true",
         help="only print each layer's share of the total score at initialisation (first seed, --methods)",
@@ -567,7 +574,12 @@ def main(argv: list[str] | None = None) -> None:
                             f"train={record.get('train_s', 0):.1f}s {record.get('error', '')}",
                             flush=True,
                         )
-    print(report(load(args.out), args.plot))
+    records = load(args.out)
+    if args.report_seeds is not None:  # a subset for the tables only: the plot keeps every seed
+        subset = [r for r in records if r["seed"] in args.report_seeds]
+        print(report(subset, None))
+        return
+    print(report(records, args.plot))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ while the shortcut's falls with one, so the shortcut keeps gaining (``benchmarks
 
 Both change the kernel copy only, which does not depend on the data: the scores stay sums over the scoring
 batches, so sharded data-parallel scoring stays exact (``bn_warmup`` is what makes it inexact). On the
-Digits ResNet-8 neither beats SynFlow (``benchmarks/README.md``, Quality: ``..._kbn_sq``, ``..._kscale_ms``).
+Digits ResNet-8 neither beats SynFlow: ``mean_square`` gets SynFlow's per-layer allocation and equals it
+within noise, ``squared`` is 3 points below it at d=0.005 (``benchmarks/README.md``, Quality).
 
 Example:
     >>> find_masks(model, "px", batches, density=0.01, rounds=20, dense_head=True, bn_warmup=True)
