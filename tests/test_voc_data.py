@@ -15,7 +15,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_voc_data import BACKGROUND, CLASS_COLOURS, voc_palette, write_sample, write_voc
 
-from px_lightning.data import VOCSegmentationDataModule, voc
+from px_lightning.data import CorruptDatasetError, DatasetNotFoundError, VOCSegmentationDataModule, voc
 from px_lightning.data.voc import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -143,7 +143,7 @@ def test_augmented_sbd_list(tmp_path):
     plain = _dm(data_dir, augmented=False)
     plain.setup("fit")
     assert plain.train_set.split == "train" and len(plain.train_set) == 6
-    with pytest.raises(FileNotFoundError, match="SegmentationClassAug"):
+    with pytest.raises(DatasetNotFoundError, match="SegmentationClassAug"):
         _dm(write_voc(tmp_path / "plain"), augmented=True).setup("fit")
 
 
@@ -160,7 +160,7 @@ def test_missing_mask_names_the_image(tmp_path):
     data_dir = write_voc(tmp_path)
     png = data_dir / "VOCdevkit/VOC2012/SegmentationClass/2007_000002.png"
     png.unlink()
-    with pytest.raises(FileNotFoundError, match=r"2007_000002\.jpg has no mask.*2007_000002\.png"):
+    with pytest.raises(DatasetNotFoundError, match=r"2007_000002\.jpg has no mask.*2007_000002\.png"):
         _dm(data_dir).setup("fit")
 
 
@@ -171,29 +171,42 @@ def test_mask_of_another_size_names_the_file(tmp_path):
     Image.fromarray(image).save(voc_dir / "JPEGImages" / "2008_000001.jpg")
     dm = _dm(data_dir)
     dm.setup("validate")
-    with pytest.raises(ValueError, match=r"mask .*2008_000001\.png is .* but its image .*2008_000001\.jpg"):
+    with pytest.raises(
+        CorruptDatasetError, match=r"mask .*2008_000001\.png is .* but its image .*2008_000001\.jpg"
+    ):
         list(dm.val_dataloader())
 
 
-def test_class_id_out_of_range_names_the_file(tmp_path):
+def test_bad_masks_and_images_are_named(tmp_path):
     data_dir = write_voc(tmp_path)
     voc_dir = data_dir / "VOCdevkit" / "VOC2012"
     image, mask = np.full((20, 20, 3), 128, np.uint8), np.zeros((20, 20), np.uint8)
     mask[5:8, 5:8], mask[0] = 30, 255
     write_sample(voc_dir, "2007_000001", image, mask)
     ds = VOCSegmentationDataset(voc_dir, "train")
-    with pytest.raises(ValueError, match=r"2007_000001\.png holds class ids \[30\]"):
+    with pytest.raises(CorruptDatasetError, match=r"2007_000001\.png holds class ids \[30\]"):
         ds[1]
     # The same file is fine when the model has more classes.
     assert VOCSegmentationDataset(voc_dir, "train", num_classes=31)[1][1].max() == 255
     # A colour (RGB) mask is not a class map.
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(voc_dir / "SegmentationClass" / "2007_000001.png")
-    with pytest.raises(ValueError, match=r"2007_000001\.png has mode 'RGB'"):
+    with pytest.raises(CorruptDatasetError, match=r"2007_000001\.png has mode 'RGB'"):
         ds[1]
+    # Files that do not decode are named too, as in the classification DataModules.
+    (voc_dir / "SegmentationClass" / "2007_000001.png").write_bytes(b"not a png")
+    with pytest.raises(CorruptDatasetError, match=r"mask .*2007_000001\.png cannot be decoded"):
+        ds[1]
+    (voc_dir / "JPEGImages" / "2007_000001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(CorruptDatasetError, match=r"image .*2007_000001\.jpg cannot be decoded"):
+        ds[1]
+    # An empty split list.
+    (voc_dir / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
+    with pytest.raises(CorruptDatasetError, match=r"val\.txt is empty"):
+        VOCSegmentationDataset(voc_dir, "val")
 
 
 def test_missing_tree_says_to_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download=True"):
+    with pytest.raises(DatasetNotFoundError, match="VOCdevkit/VOC2012 not found.*download=True"):
         _dm(tmp_path).setup("fit")
     with pytest.raises(ValueError, match="val_mode"):
         _dm(tmp_path, val_mode="resize")
@@ -214,9 +227,13 @@ def test_download_fetches_checks_and_unpacks_the_archive(tmp_path, monkeypatch):
     assert voc.VOC2012_MD5 == DATASET_YEAR_DICT["2012"]["md5"]
     assert voc.VOC2012_URL.endswith(DATASET_YEAR_DICT["2012"]["filename"])
     tar_path, md5 = _archive(tmp_path)
-    with pytest.raises(RuntimeError):  # a corrupted or different archive is refused
+    # A corrupted or different archive is refused and deleted, before anything is unpacked.
+    with pytest.raises(CorruptDatasetError, match=f"has MD5 {md5}, expected {'0' * 32}"):
         download_voc2012(tmp_path / "bad", url=tar_path.as_uri(), md5="0" * 32)
     assert not (tmp_path / "bad" / "VOCdevkit").exists()
+    assert not (tmp_path / "bad" / tar_path.name).exists()
+    with pytest.raises(DatasetNotFoundError, match=r"VOC archive .*nowhere\.tar .*does not exist"):
+        download_voc2012(tmp_path / "bad", url=str(tmp_path / "nowhere.tar"))
     # The user's path: DataModule(download=True).prepare_data(), with the official URL pointed at the local copy.
     monkeypatch.setattr(voc, "VOC2012_URL", tar_path.as_uri())
     monkeypatch.setattr(voc, "VOC2012_MD5", md5)

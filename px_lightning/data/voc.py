@@ -8,11 +8,14 @@ with ``ImageSets/Segmentation/train_aug.txt``, 10 582 images) is used for traini
 Transforms follow the published DeepLabV3+ recipe: random scale 0.5-2.0, pad (mask with 255) and random
 crop to ``crop_size``, horizontal flip, ImageNet mean/std; validation on full images (batch 1) or a fixed
 center crop.
+
+Errors use the classification DataModules' classes: ``DatasetNotFoundError`` (a ``FileNotFoundError``) when a
+folder, list, image, mask or archive is missing, ``CorruptDatasetError`` (a ``ValueError``) when one exists
+but is damaged or not in the VOC format; each message names the file and says what to do.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +31,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from ._common import CorruptDatasetError, DatasetNotFoundError, load_rgb, md5sum
 
 # The official trainval archive (the test images carry no public labels).
 VOC2012_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
@@ -46,21 +51,14 @@ def voc_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / "VOCdevkit" / "VOC2012"
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_voc2012(data_dir: str | Path, url: str | None = None, md5: str | None = None) -> Path:
     """Fetch the VOC 2012 trainval archive, check its MD5 and unpack it into ``data_dir``.
 
     Skips everything when ``VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt`` already exists.
     ``url``/``md5`` default to the official archive (about 2 GB); a mirror, a ``file://`` URL or a local
-    path of a copy may be given instead. An archive whose MD5 differs is deleted and refused before
-    anything is unpacked. Returns the ``VOC2012`` folder.
+    path of a copy may be given instead. An archive whose MD5 differs is deleted and refused
+    (``CorruptDatasetError``) before anything is unpacked; a missing local copy or a failed download raises
+    ``DatasetNotFoundError``. Returns the ``VOC2012`` folder.
 
     Example:
         >>> download_voc2012("data/")  # data/VOCdevkit/VOC2012/...
@@ -78,24 +76,34 @@ def download_voc2012(data_dir: str | Path, url: str | None = None, md5: str | No
     if parsed.scheme in ("", "file"):  # a local copy: torchvision's downloader handles only http(s)
         source = Path(url2pathname(parsed.path)) if parsed.scheme else Path(url)
         if not source.is_file():
-            raise FileNotFoundError(f"VOC archive {source} (from {url!r}) does not exist")
+            raise DatasetNotFoundError(
+                f"VOC archive {source} (from {url!r}) does not exist; give the path of a copy of "
+                "VOCtrainval_11-May-2012.tar, or leave url unset to download the official archive"
+            )
         archive = data_dir / source.name
         if source.resolve() != archive.resolve():
             shutil.copyfile(source, archive)
     else:
         archive = data_dir / Path(parsed.path).name
-        download_url(url, str(data_dir), filename=archive.name)
-    actual = _md5(archive)
+        try:
+            download_url(url, str(data_dir), filename=archive.name)
+        except OSError as err:  # URLError, HTTP errors, connection resets
+            raise DatasetNotFoundError(
+                f"could not download {url} to {archive}: {err}; check the network or the mirror, or unpack "
+                f"a copy of the archive into {data_dir}"
+            ) from err
+    actual = md5sum(archive)
     if actual != md5:
         archive.unlink()
-        raise RuntimeError(
+        raise CorruptDatasetError(
             f"VOC archive from {url} has MD5 {actual}, expected {md5}: the download is corrupted or not the "
             "official VOCtrainval_11-May-2012.tar; it was deleted, retry or check the mirror"
         )
     extract_archive(str(archive), str(data_dir))
     if not (root / "ImageSets" / "Segmentation" / "train.txt").is_file():
-        raise RuntimeError(
-            f"the archive from {url} did not unpack to {root}/ImageSets/Segmentation/train.txt"
+        raise CorruptDatasetError(
+            f"the archive {archive} (from {url}) did not unpack to {root}/ImageSets/Segmentation/train.txt: "
+            "it is not the VOC 2012 trainval archive; delete it and give the official one"
         )
     return root
 
@@ -188,21 +196,27 @@ class VOCSegmentationDataset(Dataset):
         self.root, self.split, self.transform, self.num_classes = Path(root), split, transform, num_classes
         split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"VOC split list {split_file} not found: data_dir must hold VOCdevkit/VOC2012 as the official "
                 "archive unpacks it (pass download=True to fetch it)"
             )
         self.names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         if not self.names:
-            raise ValueError(f"VOC split list {split_file} is empty")
+            raise CorruptDatasetError(
+                f"VOC split list {split_file} is empty: it must list image ids, one a line; restore it "
+                "from the archive"
+            )
         self.images = [self.root / "JPEGImages" / f"{n}.jpg" for n in self.names]
         self.masks = [self.root / mask_dir / f"{n}.png" for n in self.names]
         for image, mask in zip(self.images, self.masks):
             if not image.is_file():
-                raise FileNotFoundError(f"image {image} listed in {split_file} does not exist")
+                raise DatasetNotFoundError(
+                    f"image {image} listed in {split_file} does not exist; restore it or remove its line"
+                )
             if not mask.is_file():
-                raise FileNotFoundError(
-                    f"image {image} has no mask: {mask} (listed in {split_file}) is missing"
+                raise DatasetNotFoundError(
+                    f"image {image} has no mask: {mask} (listed in {split_file}) is missing; restore it or "
+                    "remove the image's line"
                 )
 
     def __len__(self) -> int:
@@ -211,22 +225,16 @@ class VOCSegmentationDataset(Dataset):
     def read(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The raw ``(RGB image, uint8 class-id mask)`` of sample ``index``, checked."""
         image_path, mask_path = self.images[index], self.masks[index]
-        image = Image.open(image_path).convert("RGB")
-        with Image.open(mask_path) as png:
-            if png.mode not in ("P", "L"):
-                raise ValueError(
-                    f"mask {mask_path} has mode {png.mode!r}: VOC masks are palette ('P') or grey-level ('L') "
-                    "PNGs whose pixel values are class ids, not colour images"
-                )
-            mask = np.array(png, dtype=np.uint8)
+        image = load_rgb(image_path)
+        mask = _read_mask(mask_path)
         if mask.shape != (image.height, image.width):
-            raise ValueError(
+            raise CorruptDatasetError(
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_path} is "
                 f"{image.width}x{image.height}: each mask must have its image's size"
             )
         bad = np.unique(mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
         if bad.size:
-            raise ValueError(
+            raise CorruptDatasetError(
                 f"mask {mask_path} holds class ids {bad.tolist()}: expected 0..{self.num_classes - 1} or "
                 f"{IGNORE_INDEX} (ignored); check num_classes or the mask file"
             )
@@ -239,6 +247,22 @@ class VOCSegmentationDataset(Dataset):
         return self.transform(image, mask)
 
 
+def _read_mask(path: Path) -> np.ndarray:
+    """A VOC class-id mask as uint8; a missing, undecodable or colour PNG raises naming the file."""
+    try:
+        with Image.open(path) as png:
+            if png.mode not in ("P", "L"):
+                raise CorruptDatasetError(
+                    f"mask {path} has mode {png.mode!r}: VOC masks are palette ('P') or grey-level ('L') "
+                    "PNGs whose pixel values are class ids, not colour images"
+                )
+            return np.array(png, dtype=np.uint8)
+    except FileNotFoundError as err:
+        raise DatasetNotFoundError(f"mask {path} is missing; restore it") from err
+    except (OSError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise CorruptDatasetError(f"mask {path} cannot be decoded ({err}); replace it") from err
+
+
 def _balanced_indices(dataset: VOCSegmentationDataset, per_class: int) -> list[int]:
     """Indices, in list order, of the first ``per_class`` images showing each foreground class."""
     counts = dict.fromkeys(range(1, dataset.num_classes), 0)
@@ -246,8 +270,7 @@ def _balanced_indices(dataset: VOCSegmentationDataset, per_class: int) -> list[i
     for index, mask_path in enumerate(dataset.masks):
         if all(c >= per_class for c in counts.values()):
             break  # only the masks up to here are read
-        with Image.open(mask_path) as png:
-            shown = {int(v) for v in np.unique(np.asarray(png))} & counts.keys()
+        shown = {int(v) for v in np.unique(_read_mask(mask_path))} & counts.keys()
         wanted = [c for c in shown if counts[c] < per_class]
         if wanted:
             chosen.append(index)
@@ -338,7 +361,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
             self.root / "ImageSets" / "Segmentation" / "train_aug.txt"
         ).is_file()
         if self.augmented and not present:
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"augmented=True needs the SBD-augmented set: {self.root}/SegmentationClassAug/ and "
                 f"{self.root}/ImageSets/Segmentation/train_aug.txt; add them or pass augmented=False"
             )
@@ -353,7 +376,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"{self.root} not found: data_dir={str(self.data_dir)!r} must hold VOCdevkit/VOC2012 as the "
                 "official archive unpacks it; pass download=True to fetch it"
             )
