@@ -3,12 +3,18 @@
 By default: the ``.weight`` of every ``nn.Conv1d/2d/3d`` and ``nn.Linear``. Names are those of
 ``model.named_parameters()`` on the plain model (``"layer1.0.conv1.weight"``); on a model that already
 carries masks the ``.parametrizations.weight.original`` part is folded back to ``.weight``.
+
+Pattern semantics of ``include`` / ``exclude``: a pattern selects a tensor when it matches the tensor's
+full name as a glob (``fnmatch``, case-sensitive: ``"layer1.*"``, ``"*.conv1.weight"``) or when it is a
+dotted module prefix of it (``"fc"`` selects ``"fc.weight"``, ``"layer1"`` every tensor under ``layer1``).
+Names are anchored at the root of the model given: inside a LightningModule that holds the network as
+``self.model`` the classifier is ``"model.fc"``, not ``"fc"``.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
@@ -20,30 +26,81 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p.rstrip(".") + ".") for p in patterns)
 
 
+def _as_patterns(patterns: str | Iterable[str] | None, argument: str) -> list[str]:
+    # A bare string is one pattern: iterating it would give one pattern per character.
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        return [patterns]
+    if isinstance(patterns, (bytes, dict)) or not isinstance(patterns, Iterable):
+        raise TypeError(
+            f"{argument} must be a list of name patterns (or one pattern as a str), "
+            f"got {type(patterns).__name__}"
+        )
+    patterns = list(patterns)
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    if bad:
+        raise TypeError(f"{argument} must hold non-empty str name patterns, got {bad[0]!r}")
+    return patterns
+
+
+def _prefixed_hint(pattern: str, names: Iterable[str]) -> str:
+    # The pattern matches nothing from the root but would below some module (a LightningModule's
+    # "model." prefix, say): suggest the anchored patterns, so that a wrong name is not silently kept.
+    suggestions: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        for k in range(1, len(parts)):
+            if _matches(".".join(parts[k:]), [pattern]):
+                suggestions.setdefault(".".join(parts[:k]) + "." + pattern.rstrip("."), []).append(name)
+                break
+    if not suggestions:
+        return ""
+    shown = sorted(suggestions)[:5]
+    listed = "; ".join(f"{s!r} (matches {', '.join(suggestions[s][:3])})" for s in shown)
+    return f"; names are full names from the model's root: did you mean {listed}?"
+
+
+def _check_matches(argument: str, patterns: list[str], names: list[str]) -> None:
+    for pattern in patterns:
+        if not any(_matches(n, [pattern]) for n in names):
+            hint = _prefixed_hint(pattern, names)
+            listing = (
+                "" if hint else f"; prunable tensors are: {sorted(names)[:20]}{' ...' * (len(names) > 20)}"
+            )
+            raise ValueError(f"{argument} pattern {pattern!r} matches no prunable tensor{hint}{listing}")
+
+
 def prunable_parameters(
-    model: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+    model: nn.Module,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
 ) -> dict[str, tuple[nn.Module, str]]:
     """Map each prunable tensor's plain name to ``(module, attribute)``.
 
-    ``include``: glob patterns or module-name prefixes; when given, only matching tensors of the
-    prunable layer types are kept. ``exclude``: patterns removed afterwards. Each ``include`` pattern
-    must match something, else ``ValueError`` names it.
+    ``include``: glob patterns or module-name prefixes (see the module docstring); when given, only
+    matching tensors of the prunable layer types are kept. ``exclude``: patterns removed afterwards.
+    Either may be a list of patterns or a single pattern as a ``str``. Every pattern, of ``include`` and
+    of ``exclude``, must match some prunable tensor of the model, else a ``ValueError`` names it (and,
+    when the pattern matches below some module, e.g. ``"fc"`` for ``"model.fc.weight"``, the full names
+    it probably means): a mistyped ``exclude`` would otherwise prune the layer it meant to protect.
 
     Example:
         >>> targets = prunable_parameters(model, exclude=["fc"])
+        >>> targets = prunable_parameters(model, include="layer1")  # one pattern as a str
     """
+    include, exclude = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
     found: dict[str, tuple[nn.Module, str]] = {}
     for module_name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
             name = f"{module_name}.weight" if module_name else "weight"
             found[name] = (module, "weight")
+    names = list(found)
+    # exclude is checked against every prunable tensor, not only the included ones: a pattern that names
+    # a real tensor is no typo, even where include already left that tensor out.
+    _check_matches("include", include, names)
+    _check_matches("exclude", exclude, names)
     if include:
-        for pattern in include:
-            if not any(_matches(n, [pattern]) for n in found):
-                raise ValueError(
-                    f"include pattern {pattern!r} matches no prunable tensor; prunable tensors are: "
-                    f"{sorted(found)[:20]}{' ...' if len(found) > 20 else ''}"
-                )
         found = {n: v for n, v in found.items() if _matches(n, include)}
     if exclude:
         found = {n: v for n, v in found.items() if not _matches(n, exclude)}
