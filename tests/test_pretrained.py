@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 import torchvision
@@ -115,12 +117,20 @@ def test_extra_and_missing_keys_are_named(tmp_path, source, fresh_encoder):
     plain = {k: v for k, v in source.items() if not k.startswith("fc.")}
     extra = dict(plain, **{"head.mlp.weight": torch.zeros(3)})
     torch.save(extra, tmp_path / "extra.pth")
-    with pytest.raises(ValueError, match=r"file keys the encoder lacks \(1\): head\.mlp\.weight"):
+    with pytest.raises(ValueError, match=r"file keys the encoder lacks \(1\): head\.mlp\.weight") as err:
         load_pretrained_encoder(fresh_encoder(), tmp_path / "extra.pth", "dino")
+    assert "(format 'dino')" in str(err.value) and "auto-detected" not in str(err.value)
     partial = {k: v for k, v in plain.items() if not k.startswith("layer4.2.")}
     torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match=r"encoder keys not in the file \(\d+\): layer4\.2\.conv1\.weight"):
+    with pytest.raises(
+        ValueError, match=r"encoder keys not in the file \(\d+\): layer4\.2\.conv1\.weight"
+    ) as err:
         load_pretrained_encoder(fresh_encoder(), tmp_path / "partial.pth")
+    # format="auto": the message says the format was detected, why, and from which keys.
+    message = str(err.value)
+    assert "auto-detected format 'dino': no key starts with 'module.encoder_q.'" in message
+    assert "no 'fc.weight'; keys conv1.weight, " in message
+    assert "give pretrained_format explicitly" in message
     # A plain file read as MoCo: no key under the MoCo prefix.
     with pytest.raises(ValueError, match="module.encoder_q."):
         load_pretrained_encoder(fresh_encoder(), tmp_path / "partial.pth", "mocov2")
@@ -130,9 +140,26 @@ def test_unreadable_inputs(tmp_path, fresh_encoder):
     encoder = fresh_encoder()
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_pretrained_encoder(encoder, tmp_path / "nowhere.pth")
-    (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="text.pth"):
-        load_pretrained_encoder(encoder, tmp_path / "text.pth")
+    # Text files: torch.load fails with a KeyError or an UnpicklingError (by the first byte).
+    for text, error in (("hi there", "KeyError: 105"), ("not a checkpoint", "UnpicklingError: Unsupported")):
+        (tmp_path / "text.pth").write_text(text)
+        with pytest.raises(
+            ValueError, match=r"text\.pth is not a PyTorch checkpoint \(torch\.load failed: "
+        ) as err:
+            load_pretrained_encoder(encoder, tmp_path / "text.pth")
+        assert error in str(err.value) and "Weights only load failed" not in str(err.value)
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:100])  # a broken transfer
+    with pytest.raises(
+        ValueError, match=r"cut\.pth is not a PyTorch checkpoint \(torch\.load failed: RuntimeError"
+    ):
+        load_pretrained_encoder(encoder, tmp_path / "cut.pth")
+    # A real checkpoint with a pickled object (as training scripts save their args): say so, not "not a checkpoint".
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pth")
+    with pytest.raises(
+        ValueError, match=r"args\.pth is a PyTorch checkpoint holding objects other than tensors"
+    ):
+        load_pretrained_encoder(encoder, tmp_path / "args.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_pretrained_encoder(encoder, tmp_path / "list.pth")

@@ -50,7 +50,18 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # re-raised with the file named
-        raise ValueError(f"cannot read pretrained file {path} with torch.load: {err}") from err
+        detail = _load_error(err)
+        if "Unsupported global" in detail:  # a real checkpoint that pickles more than tensors
+            raise ValueError(
+                f"pretrained file {path} is a PyTorch checkpoint holding objects other than tensors and plain "
+                f"containers ({detail}), which torch.load(weights_only=True) refuses to unpickle; if you "
+                "trust the file, re-save its weights: torch.save(torch.load(path, weights_only=False)"
+                "['state_dict'], 'weights.pth')"
+            ) from err
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (torch.load failed: {type(err).__name__}: {detail}); give a "
+            "file written by torch.save(model.state_dict(), path)"
+        ) from err
     # Training checkpoints (MoCo, Lightning) wrap the weights in "state_dict".
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -62,6 +73,16 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
+def _load_error(err: Exception) -> str:
+    """The informative line of a ``torch.load`` error (its weights-only errors open with a long preamble)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else repr(err)
+
+
 def detect_format(state_dict: dict[str, Tensor]) -> str:
     """``mocov2``, ``torchvision`` or ``dino`` for a state dict, as ``format="auto"`` decides."""
     if any(k.startswith(_MOCO_PREFIX) for k in state_dict):
@@ -69,6 +90,16 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
     if "fc.weight" in state_dict:
         return "torchvision"
     return "dino"
+
+
+def _detection_reason(state_dict: dict[str, Tensor], fmt: str) -> str:
+    """Why ``detect_format`` chose ``fmt``, with a few of the file's keys."""
+    rule = {
+        "mocov2": f"keys start with {_MOCO_PREFIX!r}",
+        "torchvision": "'fc.weight' is present",
+        "dino": f"no key starts with {_MOCO_PREFIX!r} and there is no 'fc.weight'",
+    }[fmt]
+    return f"{rule}; keys {_list(list(state_dict), limit=4)}"
 
 
 def _convert(state_dict: dict[str, Tensor], fmt: str) -> tuple[dict[str, Tensor], list[str]]:
@@ -119,16 +150,22 @@ def load_pretrained_encoder(encoder: nn.Module, path: str | Path, format: str = 
         if k in expected and weights[k].shape != expected[k].shape
     ]
     if missing or unexpected or shapes:
-        parts = [
-            f"pretrained file {path} (format {fmt!r}) does not match the encoder {type(encoder).__name__}:"
-        ]
+        described = (
+            f"auto-detected format {fmt!r}: {_detection_reason(raw, fmt)}"
+            if format == "auto"
+            else f"format {fmt!r}"
+        )
+        parts = [f"pretrained file {path} ({described}) does not match the encoder {type(encoder).__name__}:"]
         if missing:
             parts.append(f"encoder keys not in the file ({len(missing)}): {_list(missing)}")
         if unexpected:
             parts.append(f"file keys the encoder lacks ({len(unexpected)}): {_list(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {_list(shapes)}")
-        parts.append("check the encoder name and pretrained_format (torchvision, mocov2, dino)")
+        parts.append(
+            "check the encoder name and pretrained_format (torchvision, mocov2, dino)"
+            + ("; give pretrained_format explicitly if the detection is wrong" if format == "auto" else "")
+        )
         raise ValueError("\n  ".join(parts))
     kept = [k for k in expected if k not in weights]
     # nn.Module.load_state_dict, not the encoder's own: smp's ResNet encoder pops fc.* from the dict it is
