@@ -15,6 +15,11 @@ Iterative methods (SynFlow, NTK-SAP, PX and its options) run ``--rounds`` rounds
 SynFlow publish 100 and NTK-SAP 20), to fit the CPU budget, except the ``..._r100`` variants (100 rounds);
 SNIP, GraSP, magnitude and random are one-shot.
 Training is short (``--steps`` 80 SGD steps of 64 images, about 3.5 epochs, one-cycle learning rate).
+Each run records its ``steps``; runs at other lengths are kept apart from the 80-step ones (rows written
+before ``steps`` was recorded were all 80 steps), in the resume key and in the report:
+
+    python benchmarks/quality.py --models resnet --methods synflow px --densities 0.01 --steps 320
+    python benchmarks/quality.py --report --steps 320   # the 320-step runs only, and their gain over 80
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from px_lightning.pruning.scorers import SCORERS, get_scorer
 HERE = Path(__file__).resolve().parent
 DENSITIES = (0.05, 0.02, 0.01, 0.005)
 SEEDS = (0, 1, 2)  # the table marks cells averaged over another number of seeds with "n=K"
+OUT = HERE / "quality_results.jsonl"
+DEFAULT_STEPS = 80  # training length of every run recorded without "steps" (before it was recorded)
 
 # name -> (method, options). "px" is the library default (kernel_norm="eval"); "px_train" the published code.
 METHODS: dict[str, tuple[str | None, dict]] = {
@@ -199,7 +206,13 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
     torch.manual_seed(seed)
     model = build_model(model_name)
     method, options = METHODS[method_name]
-    record = {"model": model_name, "method": method_name, "density": density, "seed": seed}
+    record = {
+        "model": model_name,
+        "method": method_name,
+        "density": density,
+        "seed": seed,
+        "steps": args.steps,
+    }
     start = time.perf_counter()
     if method is not None:
         options = dict(options)
@@ -299,12 +312,20 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _steps(record: dict) -> int:
+    return record.get("steps", DEFAULT_STEPS)
+
+
 def _short(layer: str) -> str:
     return layer.removesuffix(".weight")
 
 
-def report(records: list[dict], plot: Path | None) -> str:
-    """Markdown: accuracy (mean ± std over seeds) per method and density, per model; per-layer densities."""
+def report(records: list[dict], plot: Path | None, steps: int = DEFAULT_STEPS) -> str:
+    """Markdown: accuracy (mean ± std over seeds) per method and density, per model; per-layer densities.
+
+    Only the runs trained ``steps`` steps; for another length than the default, also each method's paired
+    gain over its ``DEFAULT_STEPS``-step runs (same seed: same masks, only the training differs)."""
+    everything, records = records, [r for r in records if _steps(r) == steps]
     lines = []
     models = [m for m in ("cnn", "resnet") if any(r["model"] == m for r in records)]
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
@@ -312,7 +333,8 @@ def report(records: list[dict], plot: Path | None) -> str:
     summary: dict = {}
     for model in models:
         lines.append(
-            f"\n**{model}** — test accuracy (%), mean ± std over {len(SEEDS)} seeds (`n=K`: over K seeds); "
+            f"\n**{model}** — test accuracy (%) after {steps} training steps, mean ± std over {len(SEEDS)} seeds "
+            "(`n=K`: over K seeds); "
             "`cK` = K runs with a collapsed layer"
         )
         lines.append("")
@@ -348,6 +370,8 @@ def report(records: list[dict], plot: Path | None) -> str:
                 summary[(model, method, d)] = accs
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.extend(_paired(records, model, methods, densities))
+        if steps != DEFAULT_STEPS:
+            lines.extend(_steps_gain(everything, model, methods, densities, steps))
         # Per-layer densities at the lowest density, mean over seeds; 0 = collapsed in every seed.
         d = min(densities)
         rs = [r for r in records if r["model"] == model and r["density"] == d and "layers" in r]
@@ -419,6 +443,43 @@ def _paired(records: list[dict], model: str, methods: list[str], densities: list
         "",
         "| method | against | " + " | ".join(f"d={d:g}" for d in densities) + " |",
         "| --- | --- |" + " --- |" * len(densities),
+    ]
+    return header + rows
+
+
+def _steps_gain(records: list[dict], model: str, methods: list[str], densities: list[float], steps: int):
+    """Accuracy after ``steps`` minus after ``DEFAULT_STEPS`` steps, same method, density and seed (the
+    masks are the same: pruning does not depend on the training length), mean ± standard error."""
+    acc = {
+        (r["method"], r["density"], r["seed"], _steps(r)): 100 * r["accuracy"]
+        for r in records
+        if r["model"] == model and "accuracy" in r
+    }
+    rows = []
+    for method in methods:
+        cells = []
+        for d in densities:
+            diffs = [
+                a - acc[(m, dd, seed, DEFAULT_STEPS)]
+                for (m, dd, seed, st), a in acc.items()
+                if m == method and dd == d and st == steps and (m, dd, seed, DEFAULT_STEPS) in acc
+            ]
+            if len(diffs) < 2:
+                cells.append("–")
+                continue
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            cells.append(f"{statistics.mean(diffs):+.1f} ± {se:.1f} (n={len(diffs)})")
+        if any(c != "–" for c in cells):
+            rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    header = [
+        "",
+        f"Gain of {steps} over {DEFAULT_STEPS} training steps (accuracy points, same seeds and masks), mean ± "
+        + "standard error",
+        "",
+        "| method | " + " | ".join(f"d={d:g}" for d in densities) + " |",
+        "| --- |" + " --- |" * len(densities),
     ]
     return header + rows
 
@@ -499,14 +560,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the iterative methods")
-    parser.add_argument("--steps", type=int, default=80, help="SGD steps of training (same for every run)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="SGD steps of training (same for every run); with --report, report the runs of this length",
+    )
     parser.add_argument("--size", type=int, default=16, help="image side after upsampling the 8x8 digits")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--per-class", type=int, default=5, help="scoring images per class")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=HERE / "quality_results.jsonl")
-    parser.add_argument("--plot", type=Path, default=HERE / "quality_digits.png")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help=f"plot of the report (default {HERE / 'quality_digits.png'} for the {DEFAULT_STEPS}-step runs of "
+        "the default --out; none for another --steps or --out unless given)",
+    )
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot from --out")
     parser.add_argument(
         "--report-seeds",
@@ -555,13 +627,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.report:
         data = digits(args.size)
-        done = {(r["model"], r["method"], r["density"], r["seed"]) for r in load(args.out)}
+        done = {(r["model"], r["method"], r["density"], r["seed"], _steps(r)) for r in load(args.out)}
         t0 = time.perf_counter()
         for model_name in args.models:
             for seed in args.seeds:
                 for method_name in args.methods:
                     for density in [1.0] if method_name == "dense" else args.densities:
-                        key = (model_name, method_name, density, seed)
+                        key = (model_name, method_name, density, seed, args.steps)
                         if key in done:
                             continue
                         record = run_one(model_name, method_name, density, seed, data, args)
@@ -577,9 +649,12 @@ def main(argv: list[str] | None = None) -> None:
     records = load(args.out)
     if args.report_seeds is not None:  # a subset for the tables only: the plot keeps every seed
         subset = [r for r in records if r["seed"] in args.report_seeds]
-        print(report(subset, None))
+        print(report(subset, None, args.steps))
         return
-    print(report(records, args.plot))
+    plot = args.plot
+    if plot is None and args.steps == DEFAULT_STEPS and args.out.resolve() == OUT:
+        plot = HERE / "quality_digits.png"  # a scratch --out or another length never overwrites it
+    print(report(records, plot, args.steps))
 
 
 if __name__ == "__main__":
