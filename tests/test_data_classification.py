@@ -153,6 +153,43 @@ def test_digits_fixed_split():
     _check_scoring(dm, 4, 10)
 
 
+def _batches_equal(a, b) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b)
+    )
+
+
+def test_scoring_batch_size_pins_the_scoring_batches(tmp_path):
+    # Under DDP batch_size is per process (the ImageNet config divides it by the GPU count); PX scores depend
+    # on the batching (train-mode BatchNorm), so scoring_batch_size keeps the scoring batches of a 1-rank run.
+    def scoring(**kwargs):
+        return list(DigitsDataModule(examples_per_class=3, **kwargs).scoring_dataloader())
+
+    one_rank = scoring(batch_size=32, scoring_batch_size=8)
+    assert [len(y) for _, y in one_rank] == [8, 8, 8, 6]  # 30 images in order, the last batch smaller
+    for per_rank in (16, 4):  # batch_size 32 on 2 and on 8 ranks
+        assert _batches_equal(scoring(batch_size=per_rank, scoring_batch_size=8), one_rank)
+    # Unset: the training batch size, as before.
+    assert [len(y) for _, y in scoring(batch_size=16)] == [16, 14]
+    assert torch.equal(torch.cat([y for _, y in scoring(batch_size=16)]), torch.cat([y for _, y in one_rank]))
+    # The same for a DataModule reading files (every classification DataModule forwards the argument).
+    data_dir = write_cifar10(tmp_path)
+    cifar = [
+        list(
+            CIFAR10DataModule(
+                data_dir, batch_size=b, num_workers=0, examples_per_class=2, scoring_batch_size=6
+            ).scoring_dataloader()
+        )
+        for b in (20, 5)
+    ]
+    assert [len(y) for _, y in cifar[0]] == [6, 6, 6, 2] and _batches_equal(*cifar)
+    for cls in (CIFAR100DataModule, TinyImageNetDataModule, ImageNetDataModule):
+        assert cls(tmp_path, scoring_batch_size=6).scoring_batch_size == 6
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="scoring_batch_size must be an integer >= 1 or None"):
+            DigitsDataModule(scoring_batch_size=bad)
+
+
 # ---- missing, partial and corrupt data ------------------------------------------------------------------
 
 

@@ -154,6 +154,17 @@ def test_scoring_dataloader_is_fixed(data_dir):
     assert len(first) == 2 and first[0][0].shape == (2, 3, 48, 48)
     for (x1, y1), (x2, y2) in zip(first, second):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # scoring_batch_size pins the scoring batches whatever the (per-rank) training batch size.
+    pinned = [
+        list(_dm(data_dir, batch_size=b, scoring_batch_size=2, scoring_batches=2).scoring_dataloader())
+        for b in (1, 3)
+    ]
+    for (x1, y1), (x2, y2) in zip(*pinned):
+        assert x1.shape[0] == 2 and torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert len(pinned[0]) == len(pinned[1]) == 2
+    assert torch.equal(torch.cat([x for x, _ in pinned[0]]), torch.cat([x for x, _ in first]))
+    with pytest.raises(ValueError, match="scoring_batch_size"):
+        _dm(data_dir, scoring_batch_size=0)
 
 
 def test_missing_mask_names_the_image(tmp_path):

@@ -174,7 +174,18 @@ class ClassificationDataModule(L.LightningDataModule):
     (the training images with the evaluation transform) in ``setup``.
 
     ``scoring_dataloader()`` gives the first ``examples_per_class`` training images of each class, in
-    dataset order, without augmentation: the same batches on every call and every rank.
+    dataset order, without augmentation, in batches of ``scoring_batch_size`` (``None``: ``batch_size``):
+    the same batches on every call and every rank.
+
+    Why a separate ``scoring_batch_size``: the pruning scores depend on how the scoring images are batched
+    (PX and the BatchNorm warm-up run the network in train mode, so BatchNorm normalises with each batch's
+    statistics). ``batch_size`` is the per-process batch, which a DDP run usually divides by the number
+    of GPUs; fix ``scoring_batch_size`` to get the same masks whatever the number of ranks.
+
+    Example:
+        >>> dm = CIFAR10DataModule("data", batch_size=128 // world_size, scoring_batch_size=128)
+        >>> [len(x) for x, _ in dm.scoring_dataloader()]   # 100 images: the same on 1 or 8 GPUs
+        [100]
     """
 
     num_classes: int
@@ -185,6 +196,7 @@ class ClassificationDataModule(L.LightningDataModule):
         num_workers: int = 4,
         examples_per_class: int = 10,
         pin_memory: bool = True,
+        scoring_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
@@ -196,7 +208,16 @@ class ClassificationDataModule(L.LightningDataModule):
             or examples_per_class < 1
         ):
             raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}")
+        if scoring_batch_size is not None and (
+            isinstance(scoring_batch_size, bool)
+            or not isinstance(scoring_batch_size, int)
+            or scoring_batch_size < 1
+        ):
+            raise ValueError(
+                f"scoring_batch_size must be an integer >= 1 or None (= batch_size), got {scoring_batch_size!r}"
+            )
         self.batch_size = batch_size
+        self.scoring_batch_size = scoring_batch_size
         self.num_workers = num_workers
         self.examples_per_class = examples_per_class
         self.pin_memory = pin_memory
@@ -239,11 +260,13 @@ class ClassificationDataModule(L.LightningDataModule):
         return balanced_indices(self.scoring_source.targets, self.examples_per_class, self.num_classes)
 
     def scoring_dataloader(self) -> DataLoader:
-        """The class-balanced scoring subset: first ``examples_per_class`` of each class, no shuffling.
+        """The class-balanced scoring subset: first ``examples_per_class`` of each class, no shuffling,
+        in batches of ``scoring_batch_size`` (``batch_size`` when it is ``None``); the last may be smaller.
 
         Example:
             >>> inputs, targets = next(iter(dm.scoring_dataloader()))
         """
         indices = self.scoring_indices()
+        batch_size = self.scoring_batch_size or self.batch_size
         # No workers: the subset is small, and the order must not depend on worker scheduling.
-        return DataLoader(Subset(self.scoring_source, indices), batch_size=self.batch_size, shuffle=False)
+        return DataLoader(Subset(self.scoring_source, indices), batch_size=batch_size, shuffle=False)

@@ -58,10 +58,14 @@ class _RandomCropPad:
 
 
 def _load_digits_32() -> tuple[Tensor, Tensor]:
+    # Imported here, not at module level: only the Digits data needs scikit-learn, and it is slow to import.
     try:
         from sklearn.datasets import load_digits
-    except ImportError as e:  # scikit-learn is an optional dependency
-        raise ImportError("DigitsDataModule needs scikit-learn: pip install scikit-learn") from e
+    except ImportError as e:  # a required dependency of px-lightning, so the environment is incomplete
+        raise ImportError(
+            "DigitsDataModule needs scikit-learn, a dependency of px-lightning that is missing from this "
+            "environment: pip install scikit-learn (or reinstall px-lightning)"
+        ) from e
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
@@ -104,8 +108,9 @@ class DigitsDataModule(ClassificationDataModule):
         examples_per_class: int = 10,
         augment: bool = False,
         pin_memory: bool = False,
+        scoring_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, examples_per_class, pin_memory)
+        super().__init__(batch_size, num_workers, examples_per_class, pin_memory, scoring_batch_size)
         self.data_dir = data_dir
         self.augment = augment
 

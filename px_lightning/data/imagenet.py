@@ -63,8 +63,9 @@ class ImageNetDataModule(ClassificationDataModule):
         verify_images: bool = False,
         train_transform: Callable | None = None,
         pin_memory: bool = True,
+        scoring_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, examples_per_class, pin_memory)
+        super().__init__(batch_size, num_workers, examples_per_class, pin_memory, scoring_batch_size)
         self.data_dir = Path(data_dir)
         self.verify_images = verify_images
         self._train_transform = train_transform

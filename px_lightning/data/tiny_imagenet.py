@@ -60,8 +60,9 @@ class TinyImageNetDataModule(ClassificationDataModule):
         download: bool = False,
         verify_images: bool = False,
         pin_memory: bool = True,
+        scoring_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, examples_per_class, pin_memory)
+        super().__init__(batch_size, num_workers, examples_per_class, pin_memory, scoring_batch_size)
         self.data_dir = Path(data_dir)
         self.download = download
         self.verify_images = verify_images

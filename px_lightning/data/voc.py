@@ -293,12 +293,16 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         augmented: use the SBD training list (``SegmentationClassAug`` with ``train_aug.txt``): ``None``
             uses it when present, ``True`` requires it, ``False`` uses ``train.txt``.
         scale_range: random scale range of the training transform.
-        scoring_batches: batches of ``batch_size`` that ``scoring_dataloader()`` returns for pruning.
+        scoring_batches: batches of ``scoring_batch_size`` that ``scoring_dataloader()`` returns for pruning.
         scoring_seed: seed choosing the scoring images (the same on every rank and run).
         examples_per_class: when set, ``scoring_dataloader()`` takes instead a class-balanced subset: for
             each foreground class, the first ``examples_per_class`` training images (in list order) whose
             mask shows it (an image counts for every class it shows); background is in nearly every image.
         num_classes: class count the masks are checked against.
+        scoring_batch_size: batch size of ``scoring_dataloader()`` (``None``: ``batch_size``). The pruning
+            scores depend on the batching (train-mode BatchNorm in PX and the BatchNorm warm-up), and
+            ``batch_size`` is per process, usually divided by the GPU count under DDP: fix this to get the
+            same scoring data and masks whatever the number of ranks.
 
     Example:
         >>> dm = VOCSegmentationDataModule("data/", batch_size=4, crop_size=513, download=True)
@@ -320,6 +324,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         examples_per_class: int | None = None,
         num_classes: int = 21,
         pin_memory: bool = True,
+        scoring_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if val_mode not in ("full", "center_crop"):
@@ -329,6 +334,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
             ("crop_size", crop_size),
             ("scoring_batches", scoring_batches),
             ("examples_per_class", 1 if examples_per_class is None else examples_per_class),
+            ("scoring_batch_size", 1 if scoring_batch_size is None else scoring_batch_size),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -342,6 +348,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         self.num_workers, self.val_mode, self.augmented = num_workers, val_mode, augmented
         self.scale_range, self.num_classes, self.pin_memory = tuple(scale_range), num_classes, pin_memory
         self.scoring_batches, self.scoring_seed = scoring_batches, scoring_seed
+        self.scoring_batch_size = scoring_batch_size
         self.examples_per_class = examples_per_class
         self.ignore_index = IGNORE_INDEX
         self.class_names = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
@@ -425,20 +432,25 @@ class VOCSegmentationDataModule(L.LightningDataModule):
 
     def scoring_dataloader(self) -> DataLoader:
         """Training images for pruning, center-cropped (no random augmentation), the same on every rank
-        and rerun: ``scoring_batches`` batches drawn with ``scoring_seed``, or with ``examples_per_class``
-        the class-balanced subset described in the class docstring.
+        and rerun: ``scoring_batches`` batches of ``scoring_batch_size`` (``None``: ``batch_size``) drawn
+        with ``scoring_seed``, or with ``examples_per_class`` the class-balanced subset described in the
+        class docstring.
+
+        Example:
+            >>> images, masks = next(iter(dm.scoring_dataloader()))
         """
         self.setup("fit")
         fixed = SegmentationTransform("center_crop", self.crop_size)
         dataset = self._train_dataset(fixed)
+        batch_size = self.scoring_batch_size or self.batch_size
         if self.examples_per_class is not None:
             indices = _balanced_indices(dataset, self.examples_per_class)
         else:
-            count = min(len(dataset), self.scoring_batches * self.batch_size)
+            count = min(len(dataset), self.scoring_batches * batch_size)
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.scoring_seed))
             indices = order[:count].tolist()
         subset = Subset(dataset, indices)
-        return DataLoader(subset, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
 __all__ = [
