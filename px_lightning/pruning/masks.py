@@ -9,18 +9,45 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 
+def _bool_mask(mask: object, name: str) -> Tensor:
+    """``mask`` as a bool tensor; a float/int mask must hold only 0 and 1, else ``ValueError`` names it.
+
+    Casting scores or probabilities to bool would keep every nonzero entry (density 1.0, silently).
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor mask (bool, True = kept), got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return mask
+    binary = (mask == 0) | (mask == 1)
+    if not bool(binary.all()):
+        bad = mask[~binary].flatten()[0].item()
+        raise ValueError(
+            f"{name} is a {mask.dtype} tensor with values other than 0 and 1 (e.g. {bad!r}): a mask must be "
+            "bool (True = kept) or hold only 0/1. To turn scores into masks use find_masks, or threshold "
+            "them yourself (scores > t)"
+        )
+    return mask.to(torch.bool)
+
+
 class WeightMask(nn.Module):
-    """Parametrization multiplying a tensor by a fixed boolean mask (kept in the ``state_dict``)."""
+    """Parametrization multiplying a tensor by a fixed boolean mask (kept in the ``state_dict``).
+
+    ``mask`` is a bool tensor, or a float/int one holding only 0 and 1 (anything else raises).
+
+    Example:
+        >>> parametrize.register_parametrization(layer, "weight", WeightMask(layer.weight != 0))
+    """
 
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
-        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+        self.register_buffer("mask", _bool_mask(mask, "mask").detach().clone())
 
     def forward(self, weight: Tensor) -> Tensor:
         return weight * self.mask.to(weight.dtype)
@@ -57,22 +84,32 @@ def get_masks(model: nn.Module) -> dict[str, Tensor]:
     return masks
 
 
-def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
+def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
     """Install ``masks`` as parametrizations; a tensor that already has one gets its mask updated in place.
+
+    ``masks`` maps plain parameter names to bool tensors of the parameter's shape (True = kept); float or
+    int masks are accepted when they hold only 0 and 1. Every mask is checked (name, shape, values)
+    before any is installed, so a bad entry leaves the model as it was.
 
     Example:
         >>> apply_masks(model, {"fc.weight": torch.ones(10, 32, dtype=torch.bool)})
     """
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a dict {{param_name: bool Tensor}}, got {type(masks).__name__}")
+    checked = []
     for name, mask in masks.items():
         module, attr = _module_and_attr(model, name)
+        mask = _bool_mask(mask, f"masks[{name!r}]")
         shape = getattr(module, attr).shape
         if tuple(mask.shape) != tuple(shape):
             raise ValueError(
                 f"mask for {name!r} has shape {tuple(mask.shape)}, the tensor has {tuple(shape)}"
             )
+        checked.append((module, attr, mask))
+    for module, attr, mask in checked:
         existing = _mask_of(module, attr)
         if existing is not None:
-            existing.mask.copy_(mask.to(existing.mask.device, torch.bool))
+            existing.mask.copy_(mask.to(existing.mask.device))
         else:
             device = getattr(module, attr).device
             parametrize.register_parametrization(module, attr, WeightMask(mask.to(device)))
