@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
+
+
+def check_seed(seed: object, method: str) -> int | None:
+    """``seed`` as an ``int`` (or ``None``), checked when the scorer is made rather than at scoring time.
+
+    Example:
+        >>> self.seed = check_seed(seed, "random")
+    """
+    if seed is None:
+        return None
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        value = operator.index(seed)  # int and integer-like (numpy) seeds; not floats or strings
+    except TypeError:
+        raise ValueError(f"{method}: seed must be an integer or None, got {seed!r}") from None
+    try:
+        torch.Generator().manual_seed(value)
+    except (RuntimeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{method}: seed {value} is out of range for torch's generator ({err})") from None
+    return value
 
 
 def batch_inputs(batch, like: Tensor) -> tuple[Tensor, Tensor | None]:

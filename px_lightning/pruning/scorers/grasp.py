@@ -7,6 +7,8 @@ summed over the batches (no graph), then ``d/dw (g_batch . g)`` summed over the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +21,14 @@ class GraSPScorer(Scorer):
     one_shot = True
 
     def __init__(self, temperature: float = 200.0) -> None:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not (math.isfinite(temperature) and temperature > 0)
+        ):
+            raise ValueError(
+                f"grasp: temperature must be a positive number (published: 200), got {temperature!r}"
+            )
         self.temperature = temperature
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..masks import plain_copy
 from ..targets import PRUNABLE_TYPES
-from .base import Scorer, batch_inputs, model_output
+from .base import Scorer, batch_inputs, check_seed, model_output
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -87,8 +87,7 @@ class NTKSAPScorer(Scorer):
             raise ValueError(f"epsilon must be finite, got {epsilon!r}")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats must be an integer >= 1 (published ntksap_R), got {repeats!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        seed = check_seed(seed, self.name)
         if input_shape is not None:
             shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
             if not shape or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Scorer
+from .base import Scorer, check_seed
 
 
 class RandomScorer(Scorer):
@@ -14,7 +14,7 @@ class RandomScorer(Scorer):
     needs_data = False
 
     def __init__(self, seed: int | None = None) -> None:
-        self.seed = seed
+        self.seed = check_seed(seed, self.name)
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         generator = torch.Generator()
