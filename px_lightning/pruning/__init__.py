@@ -13,9 +13,27 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .masks import _module_and_attr, apply_masks, get_masks, remove_masks, sparsity_report, warn_collapsed
+from .masks import (
+    WeightMask,
+    _module_and_attr,
+    apply_masks,
+    get_masks,
+    remove_masks,
+    sparsity_report,
+    warn_collapsed,
+)
 from .schedule import _threshold, density_schedule, threshold_masks
-from .scorers import Scorer, get_scorer
+from .scorers import (
+    GraSPScorer,
+    MagnitudeScorer,
+    NTKSAPScorer,
+    PXScorer,
+    RandomScorer,
+    Scorer,
+    SNIPScorer,
+    SynFlowScorer,
+    get_scorer,
+)
 from .targets import prunable_parameters
 
 
@@ -146,7 +164,15 @@ def find_masks(
 
 
 __all__ = [
+    "GraSPScorer",
+    "MagnitudeScorer",
+    "NTKSAPScorer",
+    "PXScorer",
+    "RandomScorer",
+    "SNIPScorer",
     "Scorer",
+    "SynFlowScorer",
+    "WeightMask",
     "apply_masks",
     "compute_scores",
     "density_schedule",
