@@ -16,6 +16,7 @@ from px_lightning.pruning import (
     sparsity_report,
     threshold_masks,
 )
+from px_lightning.pruning.schedule import _kth_smallest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
 import models as conformance_models
@@ -137,7 +138,7 @@ def test_rounds_default_to_the_methods_published_count(method, rounds):
 
 # --- the global threshold against a straightforward reference (concatenate, sort, take the k-th) ---
 
-KINDS = ["uniform", "signed", "ties", "signed_ties", "extremes", "nan"]
+KINDS = ["uniform", "signed", "ties", "signed_ties", "extremes", "nan", "narrow"]
 
 
 def _reference_global(scores: dict, density: float) -> dict:
@@ -170,6 +171,9 @@ def _case(kind: str, dtype: torch.dtype, gen: torch.Generator) -> dict:
             s = torch.randn(shape, generator=gen, dtype=torch.float64) * 1e-310
             s[torch.rand(shape, generator=gen) < 0.3] = float("-inf")
             s[torch.rand(shape, generator=gen) < 0.2] = float("inf")
+        elif kind == "narrow":  # distinct values sharing their top bits: every radix pass has work
+            s = 1.0 + torch.rand(shape, generator=gen, dtype=torch.float64) * 2.0**-20
+            s[torch.rand(shape, generator=gen) < 0.5] *= -1
         else:  # NaN of both signs (find_masks refuses them; threshold_masks prunes them, as published)
             s = torch.randn(shape, generator=gen, dtype=torch.float64)
             s[torch.rand(shape, generator=gen) < 0.2] = float("nan")
@@ -185,12 +189,30 @@ DENSITIES = (1.0, 0.99, 0.5, 0.2, 0.02, 1e-4)
 @pytest.mark.parametrize("kind", KINDS)
 def test_global_threshold_equals_concatenate_and_sort(dtype, kind):
     gen = torch.Generator().manual_seed(KINDS.index(kind))
-    for _ in range(15 if dtype in (torch.float32, torch.float64) else 4):
+    for _ in range(10 if dtype in (torch.float32, torch.float64) else 3):
         scores = _case(kind, dtype, gen)
         for density in DENSITIES:
             got = threshold_masks(scores, density, "global")
             want = _reference_global(scores, density)
             assert all(torch.equal(got[n], want[n]) for n in scores), (kind, density, scores)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gather", [0, 10**9])
+def test_kth_smallest_every_pass_and_the_gathered_tail(dtype, gather):
+    # gather=0: every 16-bit radix pass down to the last bit; a large one: gather after the first pass.
+    gen = torch.Generator().manual_seed(20 + gather % 7)
+    for kind in KINDS:
+        scores = _case(kind, dtype, gen)
+        flat = torch.sort(torch.cat([s.flatten() for s in scores.values()])).values
+        parts = [lambda s=s: s for s in scores.values()]
+        for k in {1, 2, flat.numel() // 3, flat.numel() // 2, flat.numel() - 1, flat.numel()} - {0}:
+            got = _kth_smallest(parts, k, dtype, torch.device("cpu"), gather)
+            want = flat[k - 1]
+            assert got.dtype == dtype and (torch.equal(got, want) or (got.isnan() and want.isnan())), (
+                kind,
+                k,
+            )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

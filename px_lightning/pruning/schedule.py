@@ -113,7 +113,9 @@ def _global_keep_above(
         return split_like(_keep_above(flat, density), like)
     if k < 1:
         return {name: torch.ones_like(t, dtype=torch.bool) for name, t in like.items()}
-    threshold = _kth_smallest(list(views.values()), k, next(iter(dtypes)), next(iter(devices)))
+    # Gathering at most half the largest tensor's size keeps the extra memory within that of a pass.
+    gather = max(t.numel() for t in like.values()) // 2
+    threshold = _kth_smallest(list(views.values()), k, next(iter(dtypes)), next(iter(devices)), gather)
     return {name: view() > threshold for name, view in views.items()}
 
 
@@ -147,16 +149,17 @@ def _order_keys(x: Tensor) -> Tensor:
 
 
 def _kth_smallest(
-    parts: Sequence[Callable[[], Tensor]], k: int, dtype: torch.dtype, device: torch.device
+    parts: Sequence[Callable[[], Tensor]], k: int, dtype: torch.dtype, device: torch.device, gather: int
 ) -> Tensor:
     """The k-th smallest (1-based) of all values of ``parts``' tensors, as ``torch.kthvalue`` of their
     concatenation gives it, as a 0-dim tensor on ``device``; each part is made and dropped in turn.
 
     A radix select on the values' order keys: each pass histograms the next 16 bits of the keys that share
     the bits found so far (``bincount`` of 65536 bins, on the scores' device) and picks the bin holding
-    the k-th. Exact, ties included (equal values have equal keys); extra memory a few times the largest
-    part. Every value of the concatenation is counted, so the k-th is the same value (``-0.0`` may come
-    out for ``+0.0``, which compares equal).
+    the k-th. Once that bin holds at most ``gather`` keys, they are gathered and ``torch.kthvalue`` picks
+    among them (float64 then needs 2 passes, not 4). Exact, ties included (equal values have equal keys);
+    extra memory a few times the largest part or ``gather``. Every value is counted, so the k-th is the
+    same value (``-0.0`` may come out for ``+0.0``, which compares equal).
     """
     bits = torch.finfo(dtype).bits
     lo = hi = None  # the range of keys known to hold the k-th smallest (None: all of them)
@@ -176,9 +179,19 @@ def _kth_smallest(
             k -= int(below[b - 1])
         lo = ((b - (1 << (_DIGIT - 1))) << shift) if lo is None else lo + (b << shift)
         hi = lo + (1 << shift) - 1
+        if shift and int(hist[b]) <= gather:
+            # k is now the rank inside the range [lo, hi]: the k-th smallest of the keys in it.
+            inside = torch.cat([_keys_between(part(), lo, hi) for part in parts])
+            lo = int(torch.kthvalue(inside, k).values)
+            break
     magnitude = (1 << (bits - 1)) - 1
     raw = lo ^ magnitude if lo < 0 else lo  # the inverse of ``_order_keys``
     return torch.tensor(raw, dtype=_BITS_AS_INT[dtype], device=device).view(dtype)
+
+
+def _keys_between(x: Tensor, lo: int, hi: int) -> Tensor:
+    key = _order_keys(x)
+    return key[(key >= lo) & (key <= hi)]
 
 
 def _threshold_with_constraints(
