@@ -10,6 +10,11 @@ views of the model instead of three copies. Both compute the same scores: the sc
 Usage:
     python benchmarks/scoring.py                          # CIFAR ResNet-20, 100 images 32x32, CPU
     python benchmarks/scoring.py --model resnet50 --device cuda   # 10 batches of 64 at 224x224 (a GPU)
+    python benchmarks/scoring.py --model resnet50 --threshold     # the global threshold alone
+
+``--threshold`` times the global threshold alone on the model's scores (``|w|`` of the freshly initialised
+model, ``--dtype``) at the first and last density of a 100-round schedule to 0.018: the published
+concatenation and ``kthvalue`` against ``threshold_masks``; the script checks that both give the same masks.
 
 Peak memory: on the CPU, the peak growth of the resident set during a second call (sampled every 0.5 ms,
 above the resident set after a warm-up call) in a fresh process per method; on a GPU, ``torch.cuda.max_memory_allocated`` above the memory
@@ -37,7 +42,13 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from px_lightning.models import resnet20
-from px_lightning.pruning import compute_scores, find_masks, prunable_parameters
+from px_lightning.pruning import (
+    compute_scores,
+    density_schedule,
+    find_masks,
+    prunable_parameters,
+    threshold_masks,
+)
 
 DENSITY = 0.018
 _RELU = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_, Tensor.relu, Tensor.relu_}
@@ -113,13 +124,15 @@ def published_round(model: nn.Module, masks: dict[str, Tensor], batches: list) -
     return {n: s > threshold for n, s in scores.items()}
 
 
-def setup(args) -> tuple[nn.Module, list, dict[str, Tensor]]:
+def _model(args) -> nn.Module:
     torch.manual_seed(0)
     if args.model == "resnet20":
-        model = resnet20(num_classes=10)
-    else:
-        model = torchvision.models.resnet50(weights=None)
-    model = model.to(args.device)
+        return resnet20(num_classes=10).to(args.device)
+    return torchvision.models.resnet50(weights=None).to(args.device)
+
+
+def setup(args) -> tuple[nn.Module, list, dict[str, Tensor]]:
+    model = _model(args)
     classes = 10 if args.model == "resnet20" else 1000
     batches = [
         (
@@ -141,6 +154,33 @@ def methods(model, batches, masks) -> dict:
     }
 
 
+def threshold_methods(args) -> dict:
+    """The global threshold alone: published (concatenate, ``kthvalue``) against ``threshold_masks``."""
+    model = _model(args)
+    dtype = getattr(torch, args.dtype)
+    scores = {n: model.get_parameter(n).detach().abs().to(dtype) for n in prunable_parameters(model)}
+    del model
+
+    def published(density: float) -> dict[str, Tensor]:
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        threshold = torch.kthvalue(flat, int((1 - density) * flat.numel())).values
+        return {n: s > threshold for n, s in scores.items()}
+
+    first, last = density_schedule(DENSITY, 100)[0], DENSITY
+    return {
+        f"published threshold d={first:.3f}": lambda: published(first),
+        f"api threshold_masks d={first:.3f}": lambda: threshold_masks(scores, first),
+        f"published threshold d={last:.3f}": lambda: published(last),
+        f"api threshold_masks d={last:.3f}": lambda: threshold_masks(scores, last),
+    }
+
+
+def _functions(args) -> dict:
+    if args.threshold:
+        return threshold_methods(args)
+    return methods(*setup(args))
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -153,8 +193,7 @@ def _rss_bytes() -> int:
 
 def _memory_worker(args, name: str, queue) -> None:
     torch.set_num_threads(args.threads)
-    model, batches, masks = setup(args)
-    fn = methods(model, batches, masks)[name]
+    fn = _functions(args)[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fn()  # warm-up: lazy library state belongs to the baseline, not to the method
@@ -178,8 +217,7 @@ def _memory_worker(args, name: str, queue) -> None:
 
 def peak_memory(args, name: str) -> int:
     if args.device.startswith("cuda"):
-        model, batches, masks = setup(args)
-        fn = methods(model, batches, masks)[name]
+        fn = _functions(args)[name]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -209,6 +247,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--threshold", action="store_true", help="time the global threshold alone")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32", help="--threshold's scores"
+    )
     args = parser.parse_args()
     defaults = {"resnet20": (10, 10, 32), "resnet50": (10, 64, 224)}[args.model]
     args.batches = args.batches or defaults[0]
@@ -219,6 +261,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     warnings.filterwarnings("ignore", message=".*layer collapse.*")  # one-shot 0.018 collapses layers
+    if args.threshold:
+        threshold_main(args)
+        return
     model, batches, masks = setup(args)
     fns = methods(model, batches, masks)
     # Same scores from both: the comparison is between two implementations of one computation.
@@ -277,6 +322,40 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def threshold_main(args) -> None:
+    fns = threshold_methods(args)
+    names = list(fns)
+    for published, api in zip(names[::2], names[1::2]):  # same masks from both
+        ours, theirs = fns[api](), fns[published]()
+        if not all(torch.equal(ours[n], theirs[n]) for n in theirs):
+            raise RuntimeError(f"{api} and {published} give different masks")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.repeats):  # interleaved, so load on a shared machine hits every method alike
+        for name, fn in fns.items():
+            _sync(args.device)
+            start = time.perf_counter()
+            fn()
+            _sync(args.device)
+            times[name].append(time.perf_counter() - start)
+    memory = {} if args.no_memory else {n: peak_memory(args, n) / 2**20 for n in fns}
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    count = sum(s.numel() for s in fns[names[0]]().values())
+    print(
+        f"global threshold, {args.model} ({count} {args.dtype} scores) on {args.device} ({device}, "
+        f"{args.threads} threads); masks identical"
+    )
+    for name in fns:
+        line = f"  {name:32s} median {statistics.median(times[name]):.4f} s  min {min(times[name]):.4f} s"
+        if memory:
+            line += f"  peak memory {memory[name]:.1f} MiB"
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"median_s": {n: statistics.median(t) for n, t in times.items()}, "peak_MiB": memory}, f
+            )
 
 
 if __name__ == "__main__":

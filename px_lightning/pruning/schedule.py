@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -113,9 +113,13 @@ def _global_keep_above(
         return split_like(_keep_above(flat, density), like)
     if k < 1:
         return {name: torch.ones_like(t, dtype=torch.bool) for name, t in like.items()}
-    # Gathering at most half the largest tensor's size keeps the extra memory within that of a pass.
-    gather = max(t.numel() for t in like.values()) // 2
-    threshold = _kth_smallest(list(views.values()), k, next(iter(dtypes)), next(iter(devices)), gather)
+    sizes = [t.numel() for t in like.values()]
+    chunk = max(max(sizes), _CHUNK)
+    parts = list(zip(sizes, views.values()))
+    # Gathering at most half a chunk keeps the extra memory within that of a pass.
+    threshold = _kth_smallest(
+        lambda: _flat_chunks(parts, chunk), k, next(iter(dtypes)), next(iter(devices)), chunk // 2
+    )
     return {name: view() > threshold for name, view in views.items()}
 
 
@@ -127,6 +131,22 @@ _BITS_AS_INT = {
     torch.float64: torch.int64,
 }
 _DIGIT = 16  # key bits resolved per pass: 1 pass for 16-bit floats, 2 for float32, 4 for float64
+_CHUNK = 1 << 20  # values per chunk at least (see ``_flat_chunks``): 4 MiB of float32 scores
+
+
+def _flat_chunks(parts: Sequence[tuple[int, Callable[[], Tensor]]], limit: int) -> Iterator[Tensor]:
+    # The (size, tensor maker) parts flat and concatenated in order, at most ``limit`` values a chunk (a
+    # larger part alone): a pass then costs a few operations per chunk, not per tensor (on a small model
+    # many tiny operations cost more than the work, with several threads on a busy CPU above all).
+    group, size = [], 0
+    for numel, part in parts:
+        if group and size + numel > limit:
+            yield torch.cat(group) if len(group) > 1 else group[0]
+            group, size = [], 0
+        group.append(part().reshape(-1))
+        size += numel
+    if group:
+        yield torch.cat(group) if len(group) > 1 else group[0]
 
 
 def _order_keys(x: Tensor) -> Tensor:
@@ -149,30 +169,31 @@ def _order_keys(x: Tensor) -> Tensor:
 
 
 def _kth_smallest(
-    parts: Sequence[Callable[[], Tensor]], k: int, dtype: torch.dtype, device: torch.device, gather: int
+    chunks: Callable[[], Iterable[Tensor]], k: int, dtype: torch.dtype, device: torch.device, gather: int
 ) -> Tensor:
-    """The k-th smallest (1-based) of all values of ``parts``' tensors, as ``torch.kthvalue`` of their
-    concatenation gives it, as a 0-dim tensor on ``device``; each part is made and dropped in turn.
+    """The k-th smallest (1-based) of all values of the tensors ``chunks()`` yields, as ``torch.kthvalue``
+    of their concatenation gives it, as a 0-dim tensor on ``device``; each pass calls ``chunks()`` and
+    holds one chunk at a time.
 
     A radix select on the values' order keys: each pass histograms the next 16 bits of the keys that share
     the bits found so far (``bincount`` of 65536 bins, on the scores' device) and picks the bin holding
     the k-th. Once that bin holds at most ``gather`` keys, they are gathered and ``torch.kthvalue`` picks
     among them (float64 then needs 2 passes, not 4). Exact, ties included (equal values have equal keys);
-    extra memory a few times the largest part or ``gather``. Every value is counted, so the k-th is the
+    extra memory a few times the largest chunk or ``gather``. Every value is counted, so the k-th is the
     same value (``-0.0`` may come out for ``+0.0``, which compares equal).
     """
     bits = torch.finfo(dtype).bits
     lo = hi = None  # the range of keys known to hold the k-th smallest (None: all of them)
     for shift in range(bits - _DIGIT, -1, -_DIGIT):
         hist = torch.zeros(1 << _DIGIT, dtype=torch.int64, device=device)
-        for part in parts:
-            key = _order_keys(part())
+        for chunk in chunks():
+            key = _order_keys(chunk)
             if lo is None:
                 digit = (key >> shift) + (1 << (_DIGIT - 1))  # the signed top bits, offset to 0..65535
             else:
                 digit = (key[(key >= lo) & (key <= hi)] >> shift) & ((1 << _DIGIT) - 1)
             hist += torch.bincount(digit, minlength=1 << _DIGIT)
-            del key, digit  # before the next part is made
+            del chunk, key, digit  # before the next chunk is made
         below = hist.cumsum(0)
         b = int(torch.searchsorted(below, k))  # the first bin whose cumulative count reaches k
         if b:
@@ -181,7 +202,7 @@ def _kth_smallest(
         hi = lo + (1 << shift) - 1
         if shift and int(hist[b]) <= gather:
             # k is now the rank inside the range [lo, hi]: the k-th smallest of the keys in it.
-            inside = torch.cat([_keys_between(part(), lo, hi) for part in parts])
+            inside = torch.cat([_keys_between(chunk, lo, hi) for chunk in chunks()])
             lo = int(torch.kthvalue(inside, k).values)
             break
     magnitude = (1 << (bits - 1)) - 1
