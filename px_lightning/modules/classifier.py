@@ -13,7 +13,8 @@ Example:
     ...     lr_scheduler=partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[80, 120], gamma=0.1),
     ... )
     >>> L.Trainer(max_epochs=160, callbacks=[ForesightPruningCallback("px", density=0.018)]).fit(module, dm)
-    >>> ImageClassifier.load_from_checkpoint("last.ckpt")  # the pruned model, masks included
+    >>> module = ImageClassifier.load_from_checkpoint("last.ckpt")  # the pruned weights, no masks
+    >>> restore_masks(module, "last.ckpt")  # px_lightning.callbacks: the masks again, before fine-tuning
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: Label smoothing of the cross-entropy loss.
 
     Checkpoints: the hyperparameters are saved, so ``ImageClassifier.load_from_checkpoint(path)`` rebuilds
-    the module, pruned weights and masks included (pass ``model=`` again when it was an ``nn.Module``).
+    the module with the pruned weights (pruned entries exactly zero; pass ``model=`` again when it was an
+    ``nn.Module``) but without the masks, which the pruning callback keeps in its own checkpoint state:
+    fine-tuning the loaded module would let the pruned weights grow back, so call
+    ``px_lightning.callbacks.restore_masks(module, path)`` first. ``trainer.fit(..., ckpt_path=path)`` with
+    the callback restores them itself.
     The optimizer and scheduler are not among them (``torch.load(weights_only=True)`` refuses callables):
     a loaded module has the default optimizer unless given ``optimizer=``/``lr_scheduler=``. Under
     LightningCLI the checkpoint carries the config and the CLI restores them.

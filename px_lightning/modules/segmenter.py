@@ -51,7 +51,9 @@ class SemanticSegmenter(L.LightningModule):
     cropped back. ``pretrained`` loads encoder weights from a local file (``load_pretrained_encoder``) when
     the module is built, so a pruning callback scores the pre-trained network; the report is kept in
     ``self.pretrained_report``. When restoring a checkpoint, ``load_from_checkpoint(path, pretrained=None)``
-    skips reading the file again (the checkpoint holds the weights).
+    skips reading the file again (the checkpoint holds the weights). A pruned checkpoint loads its pruned
+    weights without the masks; ``px_lightning.callbacks.restore_masks(module, path)`` re-installs them
+    before any fine-tuning.
 
     Example:
         >>> model = SemanticSegmenter(pretrained="dino_resnet50_pretrain.pth", pretrained_format="dino")
