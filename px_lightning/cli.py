@@ -19,45 +19,46 @@ From Python (the tests do this)::
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+
 import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from px_lightning.pruning import get_masks, prunable_parameters, sparsity_report
+# The one per-layer table (the callback prints it after pruning); re-exported here for `cli.density_table`.
+from px_lightning.callbacks.foresight import density_table
+
+__all__ = ["PXLightningCLI", "cli_main", "density_table", "main"]
+
+DESCRIPTION = (
+    "px-lightning: prune vision networks at initialisation (PX and the baselines) and train them sparse. "
+    "A LightningCLI: `px-lightning fit|validate|test|predict --config FILE`; the pruning callback is "
+    "configured under trainer.callbacks (e.g. --trainer.callbacks.init_args.method=snip). "
+    "Start with `px-lightning fit --config configs/quickstart.yaml`."
+)
 
 
-def density_table(model: nn.Module) -> str:
-    """A per-layer density table of ``model``: kept / total weights of each prunable tensor.
+def _root_error(err: BaseException) -> BaseException:
+    """The first exception of ``err``'s chain raised outside jsonargparse: the class's own message.
 
-    Reads the masks when the model carries them; on a model without masks (dense, or masks made
-    permanent) it counts the non-zero entries of each prunable weight instead, so the table always
-    says what the trained model really is.
-
-    Example:
-        >>> print(density_table(model))
+    jsonargparse wraps an error raised while it builds a class (a callback's ValueError, say) in its own
+    "Does not validate against any of the Union subtypes" error, which buries the message.
     """
-    if get_masks(model):
-        report = sparsity_report(model)
-        rows = [(n, r["kept"], r["total"]) for n, r in report["layers"].items()]
-        source = "masks"
-    else:
-        rows = []
-        for name, (module, attr) in prunable_parameters(model).items():
-            weight = getattr(module, attr)
-            rows.append((name, int((weight != 0).sum()), weight.numel()))
-        source = "non-zero weights (no masks on the model)"
-    width = max([len("layer")] + [len(n) for n, _, _ in rows])
-    lines = [
-        f"Per-layer density ({source})",
-        f"{'layer':<{width}}  {'kept':>10}  {'total':>10}  {'density':>8}",
-    ]
-    for name, kept, total in rows:
-        lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {kept / total:>8.4f}")
-    kept = sum(r[1] for r in rows)
-    total = sum(r[2] for r in rows)
-    lines.append(f"{'total':<{width}}  {kept:>10}  {total:>10}  {kept / max(total, 1):>8.4f}")
-    return "\n".join(lines)
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for candidate in seen:
+        tb = candidate.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and "jsonargparse" not in tb.tb_frame.f_code.co_filename:
+            return candidate
+    return err
 
 
 @rank_zero_only
@@ -83,6 +84,47 @@ class PXLightningCLI(LightningCLI):
             "table (used by `fit` only).",
         )
 
+    def before_instantiate_classes(self) -> None:
+        # LightningCLI's `--optimizer` / `--lr_scheduler` replace the module's configure_optimizers as a whole:
+        # with ImageClassifier that silently drops the config's own scheduler (model.init_args.lr_scheduler)
+        # and optimizer settings. Refuse it where the module configures its optimizers itself.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        given = [key for key in ("optimizer", "lr_scheduler") if config.get(key) is not None]
+        if not given:
+            return
+        model_cls = _class_of(config.get("model"))
+        if model_cls is None or model_cls.configure_optimizers is pl.LightningModule.configure_optimizers:
+            return
+        options = " and ".join(f"--{k}" for k in given)
+        own = [k for k in ("optimizer", "lr_scheduler") if k in _init_parameters(model_cls)]
+        if "optimizer" in own:
+            advice = (
+                "set them through the model's own arguments instead, e.g. --model.init_args.optimizer=Adam "
+                "--model.init_args.optimizer.lr=0.001"
+                + (" (and --model.init_args.lr_scheduler=...)" if "lr_scheduler" in own else "")
+            )
+        else:
+            name = model_cls.__name__
+            advice = f"set the optimizer through {name}'s own arguments (--model.help {name})"
+        self._parser(self.subcommand).error(
+            f"{options} would replace {model_cls.__name__}.configure_optimizers, dropping the optimizer and "
+            f"scheduler the config sets for it (only half of the config would apply); {advice}"
+        )
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            if os.environ.get("JSONARGPARSE_DEBUG"):  # jsonargparse's own switch for full tracebacks
+                raise
+            root = _root_error(err)
+            message = str(root) if root is not err else str(err).splitlines()[0]
+            # The class's own message (a bad callback value, a missing pre-trained file), not jsonargparse's
+            # traceback through every Union subtype it tried.
+            self._parser(self.subcommand).error(
+                f"could not build the configured objects: {type(root).__name__}: {message}"
+            )
+
     def after_fit(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if not config.get("test_after_fit", False):
@@ -90,6 +132,30 @@ class PXLightningCLI(LightningCLI):
         # fast_dev_run limits the test loop too, so a smoke run stays a smoke run.
         self.trainer.test(self.model, datamodule=self.datamodule)
         _print_density_table(self.model)
+
+    def after_test(self) -> None:
+        # `px-lightning test --ckpt_path=...`: what the tested model really is (the loaded weights carry no
+        # masks, so the table counts their non-zero entries).
+        _print_density_table(self.model)
+
+
+def _class_of(model_config) -> type | None:
+    """The LightningModule class a parsed ``model`` entry names (``class_path``), or None."""
+    class_path = getattr(model_config, "class_path", None)
+    if class_path is None and isinstance(model_config, dict):
+        class_path = model_config.get("class_path")
+    if not isinstance(class_path, str):
+        return None
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, pl.LightningModule) else None
+
+
+def _init_parameters(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters)
 
 
 def cli_main(args: ArgsType = None) -> PXLightningCLI:
@@ -113,7 +179,7 @@ def cli_main(args: ArgsType = None) -> PXLightningCLI:
         # A rerun into the same log folder must not fail on the config.yaml the last run saved.
         save_config_kwargs={"overwrite": True},
         # A mistyped option must fail, not be taken for the option it abbreviates (`--trainer.max_epoch`).
-        parser_kwargs={"allow_abbrev": False},
+        parser_kwargs={"allow_abbrev": False, "description": DESCRIPTION},
         args=args,
     )
 

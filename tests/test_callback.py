@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callback_helpers import (
+    CountingMagnitude,
     CountingPX,
     LitClassifier,
     ScoringDataModule,
@@ -171,7 +172,10 @@ def test_progress_bar_respects_enable_progress_bar_and_table_printed(tmp_path, c
         trainer.fit(LitClassifier(), datamodule=TensorDataModule(make_tensors(32)))
     assert "Pruning (px)" not in capsys.readouterr().err
     table = "\n".join(r.getMessage() for r in caplog.records)
-    assert "net.hidden.weight" in table and "kept/total" in table
+    # The one table format of the library (px-lightning prints the same after test).
+    assert "Per-layer density (masks)" in table and "net.hidden.weight" in table
+    total = next(line for line in table.splitlines() if line.startswith("total"))
+    assert float(total.split()[-1]) == pytest.approx(callback.report["density"], abs=1e-4)
 
 
 def test_scoring_dataloader_is_preferred(tmp_path):
@@ -391,7 +395,11 @@ def _effective_plain(module):
 
 # ---------------------------------------------------------------- wrong configurations
 def test_both_density_and_sparsity_refused():
-    with pytest.raises(ValueError, match="exactly one of density .* or sparsity.*remove one"):
+    # The message also says how to do it on the command line, where a config's value cannot be deleted.
+    with pytest.raises(
+        ValueError,
+        match=r"exactly one of density .* or sparsity.*remove one.*--trainer\.callbacks\.init_args\.density=null",
+    ):
         ForesightPruningCallback(method="px", density=0.1, sparsity=0.9)
 
 
@@ -539,9 +547,170 @@ def test_loss_based_scorers_use_the_modules_loss_fn(tmp_path):
 def test_px_defaults_of_the_callback_and_the_published_override():
     default = ForesightPruningCallback(method="px", density=0.1)
     assert (default.scorer.head, default.scorer.bn_warmup, default.scorer.layer_floor) == ("body", True, 0.2)
-    published = ForesightPruningCallback(
-        method="PX", density=0.1, method_options={"head": "published", "bn_warmup": False, "layer_floor": 0}
-    )
+    assert default.scorer.kernel_norm == "eval"
+    authors = {"kernel_norm": "train", "head": "published", "bn_warmup": False, "layer_floor": 0}
+    published = ForesightPruningCallback(method="PX", density=0.1, method_options=authors)
     scorer = published.scorer
-    assert (scorer.head, scorer.bn_warmup, scorer.layer_floor) == ("published", False, 0.0)
+    assert (scorer.kernel_norm, scorer.head, scorer.bn_warmup, scorer.layer_floor) == (
+        "train",
+        "published",
+        False,
+        0.0,
+    )
     assert ForesightPruningCallback(method="snip", density=0.1).method_options == {}
+
+
+def test_method_options_keyed_by_method_apply_to_the_chosen_method_only():
+    # A config states PX's options and still switches method with one override (`method=snip`).
+    options = {"px": {"head": "published", "layer_floor": 0.1}, "random": {"seed": 3}}
+    px = ForesightPruningCallback(method="px", density=0.1, method_options=options)
+    assert (px.scorer.head, px.scorer.layer_floor, px.scorer.bn_warmup) == ("published", 0.1, True)
+    snip = ForesightPruningCallback(method="snip", density=0.1, method_options=options)
+    assert snip.method_options == {} and snip.scorer.name == "snip"
+    assert ForesightPruningCallback(method="random", density=0.1, method_options=options).scorer.seed == 3
+    with pytest.raises(ValueError, match=r"method_options\['px'\] must be a mapping"):
+        ForesightPruningCallback(method="px", density=0.1, method_options={"px": 0.2})
+    # A flat dict is the chosen method's own: PX's options given to SNIP still fail, naming the scorer.
+    with pytest.raises((TypeError, ValueError), match="(?i)snip"):
+        ForesightPruningCallback(method="snip", density=0.1, method_options={"head": "body"})
+
+
+def _px_fit(tmp_path, module, caplog, **options):
+    callback = ForesightPruningCallback(method="px", density=0.3, rounds=2, num_batches=1, **options)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=0), callbacks=[callback])
+    with caplog.at_level("INFO"):
+        trainer.fit(module, datamodule=TensorDataModule(make_tensors(32)))
+    return callback
+
+
+def test_px_bn_warmup_default_follows_the_models_batchnorm_statistics(tmp_path, caplog):
+    import copy
+
+    batches = [next(iter(TensorDataModule(make_tensors(32)).train_dataloader()))]
+    px = {"head": "body", "layer_floor": 0.2}
+
+    # At initialisation (running statistics 0/1): warmed up on the scoring data.
+    pl.seed_everything(12)
+    fresh = LitClassifier()
+    expected = find_masks(copy.deepcopy(fresh), "px", batches, density=0.3, rounds=2, bn_warmup=True, **px)
+    callback = _px_fit(tmp_path, fresh, caplog)
+    assert callback.scorer.bn_warmup is True and "bn_warmup=False" not in caplog.text
+    masks = get_masks(fresh)
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+
+    # Statistics updated by a train-mode forward (as a pre-trained backbone's): scored with them, logged.
+    caplog.clear()
+    pl.seed_everything(12)
+    trained = LitClassifier()
+    trained.train()
+    bns = [m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = None  # cumulative average: one batch gives its own statistics, far from 0/1
+    with torch.no_grad():
+        trained(torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(1)) * 4 + 2)
+    for bn in bns:
+        bn.momentum = 0.1
+    assert int(trained.net.bn1.num_batches_tracked) == 1
+    statistics = {k: v.clone() for k, v in trained.state_dict().items() if "running" in k}
+    expected = find_masks(copy.deepcopy(trained), "px", batches, density=0.3, rounds=2, bn_warmup=False, **px)
+    callback = _px_fit(tmp_path, trained, caplog)
+    assert callback.scorer.bn_warmup is False and callback.method_options["bn_warmup"] is False
+    assert "bn_warmup=False: the model's BatchNorm layers hold trained running statistics" in caplog.text
+    masks = get_masks(trained)
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+    warm = find_masks(copy.deepcopy(trained), "px", batches, density=0.3, rounds=2, bn_warmup=True, **px)
+    assert any(not torch.equal(masks[n], warm[n]) for n in warm)  # the choice changes the masks here
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in statistics.items())  # model untouched
+
+    # Set by the user: kept as given, whatever the statistics.
+    pl.seed_everything(12)
+    forced = LitClassifier()
+    forced.load_state_dict(trained.state_dict(), strict=False)
+    callback = _px_fit(tmp_path, forced, caplog, method_options={"bn_warmup": True})
+    assert callback.scorer.bn_warmup is True
+
+
+def test_density_one_is_the_dense_baseline_without_scoring(tmp_path, caplog):
+    pl.seed_everything(13)
+    module, scorer = LitClassifier(), CountingPX()
+    init = {n: p.detach().clone() for n, p in module.named_parameters()}
+    callback = ForesightPruningCallback(method=scorer, density=1.0, rounds=5)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=2), callbacks=[callback])
+    with caplog.at_level("INFO"):
+        trainer.fit(module, datamodule=TensorDataModule(make_tensors(32)))
+    assert scorer.calls == 0 and "density=1.0, the dense baseline: no scoring" in caplog.text
+    masks = get_masks(module)
+    assert masks and all(bool(m.all()) for m in masks.values())  # all-ones masks
+    assert callback.report["density"] == 1.0
+    effective = _effective(module)
+    assert all(not torch.equal(effective[n], init[n]) for n in masks)  # every weight trained
+
+
+def test_resume_with_another_method_or_density_warns_and_keeps_the_checkpoints_masks(tmp_path):
+    first, trainer, _ = _fit_and_save(tmp_path / "a", max_steps=2)
+    ckpt = tmp_path / "a.ckpt"
+    trainer.save_checkpoint(ckpt)
+    pl.seed_everything(5)
+    module, scorer = LitClassifier(), CountingMagnitude()
+    callback = ForesightPruningCallback(method=scorer, density=0.5)
+    resumed = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=2), callbacks=[callback])
+    with pytest.warns(
+        UserWarning,
+        match=r"found with method 'px' \(this callback: 'magnitude'\) and density 0\.25 \(this callback: "
+        r"0\.5\); resuming keeps the checkpoint's masks",
+    ):
+        resumed.fit(module, datamodule=TensorDataModule(make_tensors(64)), ckpt_path=str(ckpt))
+    assert scorer.calls == 0
+    first_masks, masks = get_masks(first), get_masks(module)
+    assert all(torch.equal(first_masks[n], masks[n]) for n in first_masks)
+
+
+def test_restore_masks_after_load_from_checkpoint_keeps_pruned_weights_zero(tmp_path):
+    from px_lightning.callbacks import restore_masks
+
+    saving, trainer, _ = _fit_and_save(tmp_path / "a", max_steps=2)
+    ckpt = tmp_path / "pruned.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved_masks = get_masks(saving)
+
+    def fine_tune(module):
+        pl.Trainer(**trainer_kwargs(tmp_path / "ft", max_steps=3)).fit(
+            module, datamodule=TensorDataModule(make_tensors(64, seed=3))
+        )
+        return {n: module.get_submodule(n.rpartition(".")[0]).weight.detach() for n in saved_masks}
+
+    # Without the masks, fine-tuning lets the pruned weights grow back: the reason for restore_masks.
+    plain = LitClassifier.load_from_checkpoint(ckpt)
+    grown = fine_tune(plain)
+    assert any(bool((grown[n][~m] != 0).any()) for n, m in saved_masks.items())
+
+    loaded = LitClassifier.load_from_checkpoint(ckpt)
+    restored = restore_masks(loaded, ckpt)
+    masks = get_masks(loaded)
+    assert set(masks) == set(saved_masks) == set(restored)
+    assert all(torch.equal(masks[n], saved_masks[n]) for n in saved_masks)
+    x = make_tensors(8, seed=11).tensors[0]
+    saving.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(saving(x), loaded(x))
+    weights = fine_tune(loaded)
+    for name, mask in saved_masks.items():
+        assert bool((weights[name][~mask] == 0).all()), name
+        assert bool((_originals(loaded)[name][~mask] == 0).all()), name
+    # The dict torch.load gives works too.
+    again = LitClassifier.load_from_checkpoint(ckpt)
+    restore_masks(again, torch.load(ckpt, weights_only=False))
+    assert all(torch.equal(get_masks(again)[n], saved_masks[n]) for n in saved_masks)
+
+
+def test_restore_masks_errors_name_the_checkpoint(tmp_path):
+    from px_lightning.callbacks import restore_masks
+
+    _, dense_ckpt, _ = _dense_checkpoint(tmp_path, max_steps=1)
+    with pytest.raises(ValueError, match=r"dense\.ckpt' holds no pruning masks.*load_from_checkpoint"):
+        restore_masks(LitClassifier(), dense_ckpt)
+    _, trainer, _ = _fit_and_save(tmp_path / "a", max_steps=1)
+    ckpt = tmp_path / "pruned.ckpt"
+    trainer.save_checkpoint(ckpt)
+    with pytest.raises(ValueError, match=r"does not have or cannot mask: \['net\.conv1\.weight'"):
+        restore_masks(LitClassifier().net, ckpt)  # the inner network: names lack the `net.` prefix

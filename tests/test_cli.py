@@ -20,8 +20,10 @@ import pytest
 import torch
 import yaml
 
+from px_lightning.callbacks import ForesightPruningCallback
 from px_lightning.cli import cli_main, main
 from px_lightning.pruning import get_masks, sparsity_report
+from px_lightning.pruning.scorers import get_scorer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -171,7 +173,30 @@ def test_every_config_is_tested_and_published_ones_are_there():
         callback = _pruning_callback(_load(REPO / name))
         assert callback["class_path"].endswith("ForesightPruningCallback")
         args = callback["init_args"]
-        assert (args["method"], args["density"], args["rounds"]) == ("px", 0.018, 100), name
+        # PX at 0.018 with PX's own 100 rounds: `rounds` is left to the method, so `method=snip` is one-shot.
+        assert (args["method"], args["density"], args.get("rounds")) == ("px", 0.018, None), name
+        assert get_scorer("px").default_rounds == 100
+        # The PX scoring is stated, not taken from the callback's defaults: the library's well-posed scoring,
+        # with the pre-trained VOC encoder's BatchNorm statistics kept.
+        warm = "voc2012" not in name
+        assert args["method_options"] == {
+            "px": {"kernel_norm": "eval", "head": "body", "bn_warmup": warm, "layer_floor": 0.2}
+        }, name
+
+
+@pytest.mark.parametrize("config", PUBLISHED)
+def test_method_override_gives_the_methods_own_rounds_and_options(config, capsys):
+    # The README's one override: SNIP one-shot with its own (no) options, not 100-round SNIP with PX's.
+    printed = _print_config(
+        ["fit", "--config", str(REPO / config), "--trainer.callbacks.init_args.method=snip"], capsys
+    )
+    callback = ForesightPruningCallback(**_pruning_callback(printed)["init_args"])
+    assert callback.scorer.name == "snip" and callback.rounds is None and callback.method_options == {}
+    assert callback.scorer.default_rounds == 1
+    px = ForesightPruningCallback(
+        **_pruning_callback(_print_config(["fit", "--config", str(REPO / config)], capsys))["init_args"]
+    )
+    assert px.scorer.name == "px" and px.scorer.default_rounds == 100 and px.scorer.kernel_norm == "eval"
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS)
@@ -250,7 +275,7 @@ def test_quickstart_command_from_readme(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # about 20 s on two idle cores; 5 min measured while other jobs loaded the machine
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     out = run.stdout + run.stderr
@@ -280,9 +305,10 @@ def test_quickstart_command_from_readme(tmp_path):
 
 def test_readme_callback_snippet(tmp_path, monkeypatch):
     """The README's five lines of Python run as written (one epoch instead of five, no logs or progress bar)."""
-    (snippet,) = [
-        b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL) if "Trainer(" in b
-    ]
+    # The first Python block of its section (other sections have Python blocks of their own).
+    section = README.read_text().split("## The callback in five lines of Python", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
+    assert "Trainer(" in snippet
     assert len(snippet.strip().splitlines()) == 5
     assert snippet.count("max_epochs=5") == 1
     quick = snippet.replace(
@@ -346,18 +372,73 @@ def test_missing_data_folder_names_it(tmp_path, monkeypatch):
         )
 
 
-def test_missing_pretrained_file_names_it(tmp_path, monkeypatch):
+def test_missing_pretrained_file_names_it(tmp_path, monkeypatch, capsys):
     # The VOC config points at a pre-trained file that is never downloaded: without it, the run stops
-    # when the model is built, naming the file (jsonargparse re-raises the module's FileNotFoundError as a
-    # ValueError that quotes it).
+    # when the model is built, with the module's own message naming the file (not jsonargparse's traceback).
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(
-        ValueError, match=r"pretrained file pretrained/dino_resnet50_pretrain.pth does not exist"
-    ):
-        main(["fit", "--config", str(CONFIG_DIR / "voc2012/deeplabv3plus_resnet50_px.yaml"), *COMMON])
+    err = _fails_to_parse(
+        ["fit", "--config", str(CONFIG_DIR / "voc2012/deeplabv3plus_resnet50_px.yaml"), *COMMON], capsys
+    )
+    assert "FileNotFoundError: pretrained file pretrained/dino_resnet50_pretrain.pth does not exist" in err
+    assert "Traceback" not in err
 
 
-def test_test_subcommand_on_a_fit_checkpoint(tmp_path, monkeypatch):
+def test_bad_callback_value_prints_the_callbacks_message(capsys):
+    # Before: an 84-line traceback through every Union subtype jsonargparse tried, the message buried in it.
+    quickstart = ["fit", "--config", str(CONFIG_DIR / "quickstart.yaml")]
+    err = _fails_to_parse([*quickstart, "--trainer.callbacks.init_args.method=pxx"], capsys)
+    assert (
+        "error: could not build the configured objects: ValueError: unknown method 'pxx'; known methods:"
+        in err
+    )
+    assert "Traceback" not in err and "Union subtypes" not in err
+    assert err.strip().splitlines()[-1].startswith("error: could not build")  # usage, tip, one error line
+    # sparsity over a config that sets density: the message says what to add on the command line.
+    err = _fails_to_parse([*quickstart, "--trainer.callbacks.init_args.sparsity=0.9"], capsys)
+    assert "--trainer.callbacks.init_args.density=null" in err
+    # ... and doing so works.
+    printed = _print_config(
+        [
+            *quickstart,
+            "--trainer.callbacks.init_args.sparsity=0.9",
+            "--trainer.callbacks.init_args.density=null",
+        ],
+        capsys,
+    )
+    callback = ForesightPruningCallback(**_pruning_callback(printed)["init_args"])
+    assert callback.density == pytest.approx(0.1)
+
+
+def test_optimizer_option_is_refused_where_the_module_configures_its_own(capsys):
+    # LightningCLI's --optimizer would replace ImageClassifier.configure_optimizers and drop the config's
+    # lr_scheduler with only a warning; the module's own arguments set the optimizer instead.
+    quickstart = ["fit", "--config", str(CONFIG_DIR / "quickstart.yaml")]
+    err = _fails_to_parse([*quickstart, "--optimizer=Adam"], capsys)
+    assert "--optimizer would replace ImageClassifier.configure_optimizers" in err
+    assert "--model.init_args.optimizer=Adam" in err
+    err = _fails_to_parse([*quickstart, "--lr_scheduler=StepLR", "--lr_scheduler.step_size=3"], capsys)
+    assert "--lr_scheduler would replace ImageClassifier.configure_optimizers" in err
+    # The advice works: Adam through the module, the config's cosine schedule kept.
+    printed = _print_config(
+        [*quickstart, "--model.init_args.optimizer=Adam", "--model.init_args.optimizer.lr=0.001"], capsys
+    )
+    model = printed["model"]["init_args"]
+    assert (
+        model["optimizer"]["class_path"] == "torch.optim.Adam"
+        and model["optimizer"]["init_args"]["lr"] == 0.001
+    )
+    assert model["lr_scheduler"]["class_path"].endswith("CosineAnnealingLR")
+
+
+def test_help_describes_px_lightning(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "prune vision networks at initialisation" in out
+    assert "Lightning Trainer command line tool" not in out
+
+
+def test_test_subcommand_on_a_fit_checkpoint(tmp_path, monkeypatch, capsys):
     # `px-lightning test --ckpt_path` on the checkpoint a pruned fit saved gives the fit's own test metrics.
     monkeypatch.chdir(tmp_path)
     quick = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=1"]
@@ -370,3 +451,10 @@ def test_test_subcommand_on_a_fit_checkpoint(tmp_path, monkeypatch):
     )
     test_metrics = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
     assert fit_metrics and test_metrics == pytest.approx(fit_metrics, abs=1e-6)
+    pruning = next(c for c in fit.trainer.callbacks if isinstance(c, ForesightPruningCallback))
+    # `test` prints the density table too: the loaded weights carry no masks, so it counts non-zero weights.
+    out = capsys.readouterr().out
+    table = out[out.rindex("Per-layer density") :]
+    assert table.startswith("Per-layer density (non-zero weights (no masks on the model))")
+    total = re.search(r"^total\s+(\d+)\s+(\d+)\s+([0-9.]+)$", table, flags=re.MULTILINE)
+    assert total and float(total.group(3)) == pytest.approx(pruning.report["density"], abs=1e-4)

@@ -278,7 +278,7 @@ class ForesightPruningCallback(Callback):
             statistics are those of each scoring batch, so other batch sizes give other masks. Without a
             ``scoring_dataloader()`` the batches are the train dataloader's, so changing ``batch_size``
             (e.g. dividing it by the number of DDP processes) changes the masks; a ``scoring_dataloader()``
-            with a fixed batch size keeps them.
+            with a fixed batch size keeps them (px-lightning's DataModules: ``scoring_batch_size``).
         include: Name patterns (globs or module prefixes) of the tensors to prune; default: the weight of
             every Conv and Linear layer of the LightningModule (names as in ``named_parameters()``).
         exclude: Name patterns removed from the prunable tensors (e.g. ``["net.fc"]``).
