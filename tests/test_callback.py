@@ -714,3 +714,15 @@ def test_restore_masks_errors_name_the_checkpoint(tmp_path):
     trainer.save_checkpoint(ckpt)
     with pytest.raises(ValueError, match=r"does not have or cannot mask: \['net\.conv1\.weight'"):
         restore_masks(LitClassifier().net, ckpt)  # the inner network: names lack the `net.` prefix
+
+
+def test_a_single_string_include_or_exclude_is_one_pattern(tmp_path):
+    # A str must not be read as a sequence of one-letter patterns: exclude="net.fc" keeps the classifier whole.
+    module = LitClassifier()
+    callback = ForesightPruningCallback(method="magnitude", density=0.2, exclude="net.fc")
+    assert callback.exclude == ["net.fc"]
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[callback])
+    trainer.fit(module, datamodule=TensorDataModule(make_tensors(16)))
+    masks = get_masks(module)
+    assert "net.fc.weight" not in masks and "net.hidden.weight" in masks
+    assert ForesightPruningCallback(method="magnitude", density=0.2, include="net.conv1").include == ["net.conv1"]

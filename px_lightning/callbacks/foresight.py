@@ -350,8 +350,8 @@ class ForesightPruningCallback(Callback):
         scope: Literal["global", "local"] = "global",
         schedule: Literal["exponential", "linear"] = "exponential",
         num_batches: int = 10,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
+        include: str | list[str] | None = None,
+        exclude: str | list[str] | None = None,
         reinit: bool = False,
         reshuffle: bool = False,
         make_permanent: bool = False,
@@ -405,8 +405,9 @@ class ForesightPruningCallback(Callback):
         self.scope = scope
         self.schedule = schedule
         self.num_batches = num_batches
-        self.include = list(include) if include else None
-        self.exclude = list(exclude) if exclude else None
+        # A single string is one pattern (as in find_masks), not a sequence of one-letter patterns.
+        self.include = [include] if isinstance(include, str) else list(include) if include else None
+        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude) if exclude else None
         self.reinit = reinit
         self.reshuffle = reshuffle
         self.make_permanent = make_permanent
