@@ -725,4 +725,6 @@ def test_a_single_string_include_or_exclude_is_one_pattern(tmp_path):
     trainer.fit(module, datamodule=TensorDataModule(make_tensors(16)))
     masks = get_masks(module)
     assert "net.fc.weight" not in masks and "net.hidden.weight" in masks
-    assert ForesightPruningCallback(method="magnitude", density=0.2, include="net.conv1").include == ["net.conv1"]
+    assert ForesightPruningCallback(method="magnitude", density=0.2, include="net.conv1").include == [
+        "net.conv1"
+    ]
