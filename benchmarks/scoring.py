@@ -332,13 +332,15 @@ def threshold_main(args) -> None:
         if not all(torch.equal(ours[n], theirs[n]) for n in theirs):
             raise RuntimeError(f"{api} and {published} give different masks")
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(args.repeats):  # interleaved, so load on a shared machine hits every method alike
         for name, fn in fns.items():
             _sync(args.device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             _sync(args.device)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     memory = {} if args.no_memory else {n: peak_memory(args, n) / 2**20 for n in fns}
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     count = sum(s.numel() for s in fns[names[0]]().values())
@@ -347,7 +349,10 @@ def threshold_main(args) -> None:
         f"{args.threads} threads); masks identical"
     )
     for name in fns:
-        line = f"  {name:32s} median {statistics.median(times[name]):.4f} s  min {min(times[name]):.4f} s"
+        line = (
+            f"  {name:32s} median {statistics.median(times[name]):.4f} s  min {min(times[name]):.4f} s"
+            f"  cpu {statistics.median(cpu[name]):.4f} s"
+        )
         if memory:
             line += f"  peak memory {memory[name]:.1f} MiB"
         print(line)

@@ -135,13 +135,18 @@ _CHUNK = 1 << 20  # values per chunk at least (see ``_flat_chunks``): 4 MiB of f
 
 
 def _flat_chunks(parts: Sequence[tuple[int, Callable[[], Tensor]]], limit: int) -> Iterator[Tensor]:
-    # The (size, tensor maker) parts flat and concatenated in order, at most ``limit`` values a chunk (a
-    # larger part alone): a pass then costs a few operations per chunk, not per tensor (on a small model
-    # many tiny operations cost more than the work, with several threads on a busy CPU above all).
+    # The values of the (size, tensor maker) parts, flat: a part of at least ``limit // 8`` values alone,
+    # the smaller ones concatenated, at most ``limit`` values a chunk. A pass then costs a few operations
+    # per chunk, not per tensor (on a small model many tiny operations cost more than the work, with
+    # several threads on a busy CPU above all), and copies only the small tensors. The order of the values
+    # is not kept: the k-th smallest does not depend on it.
     group, size = [], 0
     for numel, part in parts:
-        if group and size + numel > limit:
-            yield torch.cat(group) if len(group) > 1 else group[0]
+        if numel >= limit // 8:
+            yield part().reshape(-1)
+            continue
+        if size + numel > limit:
+            yield torch.cat(group)
             group, size = [], 0
         group.append(part().reshape(-1))
         size += numel
