@@ -61,7 +61,7 @@ def threshold_masks(
     positive-scored weights, its best ones, again inside the same total budget.
 
     The global threshold is the published one (the k-th smallest of all scores, ``k = int((1 - d) * n)``,
-    scores strictly above it kept) found without concatenating the scores: extra memory is a few times
+    scores strictly above it kept) found without concatenating all scores: extra memory is a few times
     the largest tensor, not the whole model's scores.
 
     Example:
