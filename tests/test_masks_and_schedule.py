@@ -1,6 +1,7 @@
 import copy
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -8,10 +9,14 @@ import torch
 from torch import nn
 
 from px_lightning.pruning import (
+    MagnitudeScorer,
+    PXScorer,
     apply_masks,
     compute_scores,
     density_schedule,
     find_masks,
+    get_masks,
+    prunable_parameters,
     remove_masks,
     schedule,
     sparsity_report,
@@ -255,3 +260,60 @@ def test_grasp_continuing_ranks_pruned_weights_last(dtype):
     assert any(not torch.equal(want[n], unranked[n]) for n in want)
     got = find_masks(model, "grasp", batches, density=0.45, rounds=1)
     assert all(torch.equal(got[n], want[n]) for n in want)
+
+
+class _CountingMagnitude(MagnitudeScorer):
+    calls = 0
+
+    def score(self, *args, **kwargs):
+        type(self).calls += 1
+        return super().score(*args, **kwargs)
+
+
+def test_density_one_and_a_target_above_the_current_masks_score_nothing():
+    model = small_cnn()
+    scorer = _CountingMagnitude()
+    masks = find_masks(model, scorer, density=1.0, rounds=5)
+    assert _CountingMagnitude.calls == 0 and all(bool(m.all()) for m in masks.values())
+
+    apply_masks(model, find_masks(model, "magnitude", density=0.25))
+    before = {n: m.clone() for n, m in get_masks(model).items()}
+    with pytest.warns(UserWarning, match=r"already keep 0\.25.* less than density 0\.5: nothing pruned"):
+        again = find_masks(model, scorer, density=0.5, rounds=3)
+    assert _CountingMagnitude.calls == 0
+    assert all(torch.equal(again[n], before[n]) for n in before)
+
+
+def test_ties_at_the_threshold_that_cut_the_density_are_reported():
+    # Ternary weights: magnitude scores take two values, so a threshold falls inside a tie.
+    model = nn.Sequential(nn.Linear(30, 30, bias=False), nn.ReLU(), nn.Linear(30, 10, bias=False))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(torch.randint(-1, 2, layer.weight.shape).float())
+    nonzero = sum(int((layer.weight != 0).sum()) for layer in (model[0], model[2]))
+    with pytest.warns(UserWarning, match=r"magnitude kept \d+ weights where density 0\.9 asks for \d+.*tied"):
+        masks = find_masks(model, "magnitude", density=0.9)
+    assert sum(int(m.sum()) for m in masks.values()) == nonzero < 0.85 * 1200
+    # No warning when the scores separate the weights.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        find_masks(small_cnn(), "magnitude", density=0.3)
+
+
+def test_an_infeasible_dense_head_fails_after_the_first_round():
+    class CountingPX(PXScorer):
+        calls = 0
+
+        def score(self, *args, **kwargs):
+            type(self).calls += 1
+            return super().score(*args, **kwargs)
+
+    model = small_cnn()
+    targets = prunable_parameters(model)
+    head = list(targets)[-1]
+    params = dict(model.named_parameters())
+    too_low = 0.5 * params[head].numel() / sum(params[n].numel() for n in targets)
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.raises(ValueError, match=rf"keeps .* not more than the dense tensors \['{head}'\]"):
+        find_masks(model, CountingPX(dense_head=True), [x], density=too_low, rounds=10)
+    assert CountingPX.calls == 1

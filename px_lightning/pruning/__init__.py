@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -22,7 +23,7 @@ from .masks import (
     sparsity_report,
     warn_collapsed,
 )
-from .schedule import _threshold, density_schedule, threshold_masks
+from .schedule import _check_dense_budget, _threshold, density_schedule, threshold_masks
 from .scorers import (
     GraSPScorer,
     MagnitudeScorer,
@@ -134,6 +135,18 @@ def find_masks(
     targets = prunable_parameters(model, include, exclude)
     weights = _effective_weights(model, list(targets))
     masks = _start_masks(model, weights)
+    total = sum(m.numel() for m in masks.values())
+    current = sum(int(m.sum()) for m in masks.values()) / total
+    if density == 1.0 or current <= density:
+        # Nothing to prune: no scoring. A model already at or below the target keeps its masks (they never
+        # grow back), which a caller asking for more weights than it has should hear about.
+        if current < density:
+            warnings.warn(
+                f"the model's masks already keep {current:.4g} of the weights, less than density {density:g}: "
+                "nothing pruned, the current masks are returned (remove_masks first to prune afresh)",
+                stacklevel=2,
+            )
+        return masks
     for done, round_density in enumerate(density_schedule(density, rounds, schedule), start=1):
         with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
             scores = scorer.score(model, weights, masks, batches, loss_fn)
@@ -148,6 +161,9 @@ def find_masks(
             )
         # A scorer may ask for constrained thresholding (PX's dense_head / layer_floor options).
         constraints = scorer.thresholding(weights) if hasattr(scorer, "thresholding") else {}
+        if done == 1 and constraints.get("dense"):
+            # Fail now, not after rounds - 1 more scorings, if the final density cannot hold the dense tensors.
+            _check_dense_budget(masks, density, constraints["dense"])
         # ``pruned``: pruned weights rank last without a copy of the scores (each tensor's is made in turn).
         new = _threshold(
             scores, round_density, scope, pruned=masks if _signed(scores) else None, **constraints
@@ -160,7 +176,27 @@ def find_masks(
         if progress is not None:
             progress(done, rounds)
     warn_collapsed(masks, scorer.name)
+    _warn_short(masks, density, scope, scorer.name)
     return masks
+
+
+def _warn_short(masks: dict[str, Tensor], density: float, scope: str, method: str) -> None:
+    # Scores tied at the threshold are pruned together (as published: kept = strictly above the k-th
+    # smallest), so a scorer that gives many weights the same score (zeros on dead paths, magnitude on
+    # quantised weights) keeps fewer than asked. Say so when it is more than a rounding difference.
+    sizes = [m.numel() for m in masks.values()]
+    if scope == "local":
+        asked = sum(n - int((1.0 - density) * n) for n in sizes)
+    else:
+        asked = sum(sizes) - int((1.0 - density) * sum(sizes))
+    kept = sum(int(m.sum()) for m in masks.values())
+    if asked - kept > max(1, 0.01 * asked):
+        warnings.warn(
+            f"{method} kept {kept} weights where density {density:g} asks for {asked}: {asked - kept} "
+            "scores tied at the threshold were pruned together (many equal scores, e.g. zeros on dead "
+            "paths); the density is a ceiling here",
+            stacklevel=3,
+        )
 
 
 __all__ = [

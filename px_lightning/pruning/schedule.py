@@ -240,14 +240,8 @@ def _threshold_with_constraints(
     if scope == "local":
         out.update({n: _keep_above(views[n](), density) for n in rest})
         return {n: out[n] for n in scores}
-    total = sum(s.numel() for s in scores.values())
     size = sum(s.numel() for s in rest.values())
-    budget = density * total - sum(m.numel() for m in out.values())
-    if budget < 1:
-        raise ValueError(
-            f"density {density:g} (this round's) keeps {density * total:.0f} weights, not more than the "
-            f"dense tensors {list(dense)} hold: raise the density or keep fewer tensors dense"
-        )
+    budget = _check_dense_budget(scores, density, dense)
     rest_views = {n: views[n] for n in rest}
     if layer_floor:
         # Reserve each tensor's best positive-scored weights (pruned weights score 0 and stay pruned), by
@@ -263,6 +257,18 @@ def _threshold_with_constraints(
             del effective
     out.update(_global_keep_above(rest, rest_views, min(1.0, budget / size)))
     return {n: out[n] for n in scores}
+
+
+def _check_dense_budget(like: Mapping[str, Tensor], density: float, dense: Sequence[str]) -> float:
+    # The weights left to the other tensors when ``dense`` are kept whole at ``density``; raises if none.
+    total = sum(t.numel() for t in like.values())
+    budget = density * total - sum(like[n].numel() for n in dense)
+    if budget < 1:
+        raise ValueError(
+            f"density {density:g} keeps {density * total:.0f} weights, not more than the dense tensors "
+            f"{list(dense)} hold: raise the density or keep fewer tensors dense (e.g. dense_head=False)"
+        )
+    return budget
 
 
 def _with_inf(view: Callable[[], Tensor], positions: Tensor) -> Callable[[], Tensor]:
