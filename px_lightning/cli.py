@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import traceback
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -120,9 +121,13 @@ class PXLightningCLI(LightningCLI):
             root = _root_error(err)
             message = str(root) if root is not err else str(err).splitlines()[0]
             # The class's own message (a bad callback value, a missing pre-trained file), not jsonargparse's
-            # traceback through every Union subtype it tried.
+            # traceback through every Union subtype it tried; where it was raised, so that a bug in a user's
+            # class is not mistaken for a usage error, and how to get the whole traceback.
+            frames = traceback.extract_tb(root.__traceback__)
+            where = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
             self._parser(self.subcommand).error(
-                f"could not build the configured objects: {type(root).__name__}: {message}"
+                f"could not build the configured objects: {type(root).__name__}: {message}{where}; "
+                "set JSONARGPARSE_DEBUG=1 for the full traceback"
             )
 
     def after_fit(self) -> None:

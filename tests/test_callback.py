@@ -728,3 +728,8 @@ def test_a_single_string_include_or_exclude_is_one_pattern(tmp_path):
     assert ForesightPruningCallback(method="magnitude", density=0.2, include="net.conv1").include == [
         "net.conv1"
     ]
+
+
+def test_method_options_mixing_the_flat_and_per_method_forms_is_refused():
+    with pytest.raises(ValueError, match=r"mixes per-method keys \(px\) with options \(seed\): use one form"):
+        ForesightPruningCallback(method="px", density=0.1, method_options={"px": {"head": "body"}, "seed": 0})

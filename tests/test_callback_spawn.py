@@ -41,7 +41,7 @@ class RecordWorker(pl.Callback):
             "masks": masks,
             "effective": effective,
             "state": {k: v.clone() for k, v in pl_module.state_dict().items()},
-            "batch_counts": list(pruning.scorer.batch_counts),
+            "batch_counts": list(getattr(pruning.scorer, "batch_counts", [])),
             "world_size": trainer.world_size,
         }
         torch.save(record, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
@@ -95,3 +95,31 @@ def test_spawning_ddp_prunes_alike_on_both_ranks_and_returns_pruned_weights(tmp_
     fresh = LitClassifier.load_from_checkpoint(ckpt_path)
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, main_state[key]), key
+
+
+def test_fork_fit_of_an_already_masked_module_returns_its_trained_weights(tmp_path):
+    # A module masked before the fit (restore_masks, apply_masks, an earlier fit in the notebook) has its
+    # masks in the main process too: rank 0's parametrized keys must load there as they are.
+    from px_lightning.pruning import apply_masks, find_masks
+
+    pl.seed_everything(0)
+    module = LitClassifier(optimizer="sgd", weight_decay=5e-3)
+    apply_masks(module, find_masks(module, "magnitude", density=DENSITY))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    callback = ForesightPruningCallback(method="magnitude", density=DENSITY, verbose=False)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, devices=2, strategy="ddp_fork", max_steps=2),
+        callbacks=[callback, RecordWorker(tmp_path)],
+    )
+    trainer.fit(module, datamodule=ScoringDataModule(make_tensors(64), scoring=make_tensors(64, seed=7)))
+
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    after = module.state_dict()
+    assert set(after) == set(before)  # still parametrized, same keys
+    originals = [k for k in after if k.endswith(".original")]
+    assert originals and all(
+        not torch.equal(after[k], before[k]) for k in originals
+    )  # trained weights came back
+    for name, mask in get_masks(module).items():
+        assert torch.equal(mask, rank0["masks"][name])
+        assert bool((rank0["effective"][name][~mask] == 0).all())

@@ -393,6 +393,8 @@ def test_bad_callback_value_prints_the_callbacks_message(capsys):
     )
     assert "Traceback" not in err and "Union subtypes" not in err
     assert err.strip().splitlines()[-1].startswith("error: could not build")  # usage, tip, one error line
+    # Where it was raised (a bug in a user's class must not pass for a usage error) and how to see more.
+    assert "(raised at " in err and "scorers/__init__.py:" in err and "JSONARGPARSE_DEBUG=1" in err
     # sparsity over a config that sets density: the message says what to add on the command line.
     err = _fails_to_parse([*quickstart, "--trainer.callbacks.init_args.sparsity=0.9"], capsys)
     assert "--trainer.callbacks.init_args.density=null" in err

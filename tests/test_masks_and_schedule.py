@@ -278,7 +278,10 @@ def test_density_one_and_a_target_above_the_current_masks_score_nothing():
 
     apply_masks(model, find_masks(model, "magnitude", density=0.25))
     before = {n: m.clone() for n, m in get_masks(model).items()}
-    with pytest.warns(UserWarning, match=r"already keep 0\.25.* less than density 0\.5: nothing pruned"):
+    with pytest.warns(
+        UserWarning,
+        match=r"already keep less than density 0\.5 \(global scope; kept now: 0\.25.*nothing pruned",
+    ):
         again = find_masks(model, scorer, density=0.5, rounds=3)
     assert _CountingMagnitude.calls == 0
     assert all(torch.equal(again[n], before[n]) for n in before)
@@ -317,3 +320,26 @@ def test_an_infeasible_dense_head_fails_after_the_first_round():
     with pytest.raises(ValueError, match=rf"keeps .* not more than the dense tensors \['{head}'\]"):
         find_masks(model, CountingPX(dense_head=True), [x], density=too_low, rounds=10)
     assert CountingPX.calls == 1
+
+
+def test_local_scope_prunes_the_unmasked_layers_of_a_partly_masked_model():
+    # One layer already far below the density, the others unmasked: local scope brings each of those to
+    # the density (no early return on the global count) and says nothing of ties for the masked one.
+    model = small_cnn()
+    apply_masks(
+        model, {"conv1.weight": find_masks(model, "magnitude", density=0.02, scope="local")["conv1.weight"]}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masks = find_masks(model, "magnitude", density=0.1, scope="local")
+    assert float(masks["conv1.weight"].float().mean()) < 0.05
+    for name in ("conv2.weight", "hidden.weight", "fc.weight"):
+        n = masks[name].numel()
+        assert int(masks[name].sum()) == n - int(0.9 * n), name
+
+
+def test_bad_scope_or_schedule_refused_even_when_nothing_is_pruned():
+    with pytest.raises(ValueError, match="scope must be"):
+        find_masks(small_cnn(), "magnitude", density=1.0, scope="bogus")
+    with pytest.raises(ValueError, match="schedule must be"):
+        find_masks(small_cnn(), "magnitude", density=1.0, schedule="bogus")

@@ -164,8 +164,15 @@ def _options_for(method: str | Scorer, options: dict[str, Any]) -> dict[str, Any
     PX's options and still switch ``method`` with one override: the options of the other methods are not
     passed to the chosen one.
     """
-    if not options or not all(isinstance(k, str) and k.lower() in SCORERS for k in options):
+    per_method = [k for k in options if isinstance(k, str) and k.lower() in SCORERS]
+    if not options or not per_method:
         return dict(options)
+    if len(per_method) != len(options):
+        flat = [k for k in options if k not in per_method]
+        raise ValueError(
+            f"method_options mixes per-method keys ({', '.join(map(str, per_method))}) with options "
+            f"({', '.join(map(str, flat))}): use one form, either {{option: value}} or {{method: {{option: value}}}}"
+        )
     for key, value in options.items():
         if value is not None and not isinstance(value, dict):
             raise ValueError(
@@ -422,6 +429,7 @@ class ForesightPruningCallback(Callback):
         self._module_id: int | None = None  # the module of the last fit (same module: masks kept)
         self._dense_checkpoint: dict | None = None  # a resumed checkpoint without masks, until fit start
         self._state_hook = None  # spawn workers only: state_dict() gives plain keys after the fit
+        self._masked_before_fit = False  # the module had masks at setup (they exist in the main process too)
 
     # ---------------------------------------------------------------- setup: placeholders before the wrap
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -441,6 +449,9 @@ class ForesightPruningCallback(Callback):
                 self._hook_handle = None
             self._module_id = id(pl_module)
         existing = get_masks(pl_module)
+        # Masks installed before this fit (restore_masks, apply_masks, an earlier fit) are on the main
+        # process's module too: a spawning launcher's parametrized keys then load there as they are.
+        self._masked_before_fit = bool(existing)
         targets = list(prunable_parameters(pl_module, self.include, self.exclude))
         placeholders = {}
         for name in targets:
@@ -795,7 +806,7 @@ class ForesightPruningCallback(Callback):
         if stage != "fit" or not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
             return
         names = list(get_masks(pl_module))
-        if not names or self._state_hook is not None:
+        if not names or self._state_hook is not None or self._masked_before_fit:
             return
         # A spawning launcher (ddp_spawn, ddp_notebook, ddp_fork) returns rank 0's state_dict() to the main
         # process, whose module never had masks, and loads it there with strict=False: parametrized keys

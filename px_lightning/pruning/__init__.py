@@ -132,22 +132,28 @@ def find_masks(
         rounds = scorer.default_rounds
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    if scope not in ("global", "local"):
+        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+    densities = density_schedule(density, rounds, schedule)
     targets = prunable_parameters(model, include, exclude)
     weights = _effective_weights(model, list(targets))
     masks = _start_masks(model, weights)
-    total = sum(m.numel() for m in masks.values())
-    current = sum(int(m.sum()) for m in masks.values()) / total
-    if density == 1.0 or current <= density:
-        # Nothing to prune: no scoring. A model already at or below the target keeps its masks (they never
-        # grow back), which a caller asking for more weights than it has should hear about.
-        if current < density:
+    start_kept = {n: int(m.sum()) for n, m in masks.items()}
+    # Each tensor's share (local) or all of them (global): what is kept now against what ``density`` keeps.
+    groups = [[n] for n in masks] if scope == "local" else [list(masks)]
+    current = [sum(start_kept[n] for n in g) / sum(masks[n].numel() for n in g) for g in groups]
+    if density == 1.0 or all(c <= density for c in current):
+        # Nothing to prune: no scoring. Masks already at or below the target stay as they are (pruned
+        # weights never come back), which a caller asking for more weights than that should hear about.
+        if any(c < density for c in current):
             warnings.warn(
-                f"the model's masks already keep {current:.4g} of the weights, less than density {density:g}: "
-                "nothing pruned, the current masks are returned (remove_masks first to prune afresh)",
+                f"the model's masks already keep less than density {density:g} ({scope} scope; kept now: "
+                f"{min(current):.4g} at the lowest): nothing pruned, the current masks are returned "
+                "(remove_masks first to prune afresh)",
                 stacklevel=2,
             )
         return masks
-    for done, round_density in enumerate(density_schedule(density, rounds, schedule), start=1):
+    for done, round_density in enumerate(densities, start=1):
         with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
             scores = scorer.score(model, weights, masks, batches, loss_fn)
         if reduce_scores is not None:
@@ -176,19 +182,24 @@ def find_masks(
         if progress is not None:
             progress(done, rounds)
     warn_collapsed(masks, scorer.name)
-    _warn_short(masks, density, scope, scorer.name)
+    _warn_short(masks, density, scope, scorer.name, start_kept)
     return masks
 
 
-def _warn_short(masks: dict[str, Tensor], density: float, scope: str, method: str) -> None:
+def _warn_short(
+    masks: dict[str, Tensor], density: float, scope: str, method: str, start_kept: dict[str, int]
+) -> None:
     # Scores tied at the threshold are pruned together (as published: kept = strictly above the k-th
     # smallest), so a scorer that gives many weights the same score (zeros on dead paths, magnitude on
-    # quantised weights) keeps fewer than asked. Say so when it is more than a rounding difference.
-    sizes = [m.numel() for m in masks.values()]
+    # quantised weights) keeps fewer than asked. Say so when it is more than a rounding difference; a
+    # tensor already below the density when pruning started cannot give more than it kept.
+    def asked_of(n: int) -> int:
+        return n - int((1.0 - density) * n)
+
     if scope == "local":
-        asked = sum(n - int((1.0 - density) * n) for n in sizes)
+        asked = sum(min(start_kept[n], asked_of(m.numel())) for n, m in masks.items())
     else:
-        asked = sum(sizes) - int((1.0 - density) * sum(sizes))
+        asked = min(sum(start_kept.values()), asked_of(sum(m.numel() for m in masks.values())))
     kept = sum(int(m.sum()) for m in masks.values())
     if asked - kept > max(1, 0.01 * asked):
         warnings.warn(
