@@ -336,7 +336,9 @@ class ForesightPruningCallback(Callback):
     but not the masks: ``get_masks(model)`` is empty there and the callback in the main process does not hold
     them. A following ``trainer.test``/``validate``/``predict`` of that model uses the pruned weights; to
     train on with the same masks, resume from a checkpoint of the fit (``fit(..., ckpt_path=...)``), since a
-    new fit of the returned model would score it again.
+    new fit of the returned model would score it again. A module that already has masks keeps them through a
+    ``ddp_fork``/``ddp_notebook`` fit (the main process has them too); ``ddp_spawn`` cannot pickle it: resume
+    with ``ckpt_path`` instead.
 
     Resuming (``fit(..., ckpt_path=...)``) a checkpoint written with this callback keeps its masks without
     scoring; a callback given another ``method`` or ``density`` than the checkpoint's warns (rank zero),
