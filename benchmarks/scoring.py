@@ -181,6 +181,22 @@ def _functions(args) -> dict:
     return methods(*setup(args))
 
 
+def _time_interleaved(fns: dict, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of each of ``fns``, ``args.repeats`` times, interleaved so that load on a shared
+    machine hits every method alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.repeats):
+        for name, fn in fns.items():
+            _sync(args.device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            _sync(args.device)
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return times, cpu
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -271,16 +287,7 @@ def main() -> None:
     rel = max(float((ours[n] - theirs[n]).abs().max() / theirs[n].abs().max()) for n in ours)
     for fn in fns.values():  # warm-up
         fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(args.repeats):  # interleaved, so load on a shared machine hits every method alike
-        for name, fn in fns.items():
-            _sync(args.device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            _sync(args.device)
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+    times, cpu = _time_interleaved(fns, args)
     result = {
         "model": args.model,
         "device": torch.cuda.get_device_name(args.device)
@@ -331,16 +338,7 @@ def threshold_main(args) -> None:
         ours, theirs = fns[api](), fns[published]()
         if not all(torch.equal(ours[n], theirs[n]) for n in theirs):
             raise RuntimeError(f"{api} and {published} give different masks")
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(args.repeats):  # interleaved, so load on a shared machine hits every method alike
-        for name, fn in fns.items():
-            _sync(args.device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            _sync(args.device)
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+    times, cpu = _time_interleaved(fns, args)
     memory = {} if args.no_memory else {n: peak_memory(args, n) / 2**20 for n in fns}
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     count = sum(s.numel() for s in fns[names[0]]().values())
