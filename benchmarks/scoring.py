@@ -252,7 +252,7 @@ def peak_memory(args, name: str) -> int:
     return value
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["resnet20", "resnet50"], default="resnet20")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -267,7 +267,7 @@ def main() -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "float64"], default="float32", help="--threshold's scores"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     defaults = {"resnet20": (10, 10, 32), "resnet50": (10, 64, 224)}[args.model]
     args.batches = args.batches or defaults[0]
     args.batch_size = args.batch_size or defaults[1]

@@ -1,0 +1,74 @@
+"""The benchmark scripts run (tiny sizes, on the CPU), so a GPU session can spend its time measuring.
+
+Their timings are not checked here (speed targets live in benchmarks/README.md); what is checked is what
+each script itself verifies and reports: same scores / masks as the published structure, scoring on the
+device asked for, the requested density kept.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_scoring_benchmark_agrees_with_the_published_structure(tmp_path):
+    out = tmp_path / "scoring.json"
+    _run(
+        "scoring.py",
+        "--batches",
+        "2",
+        "--batch-size",
+        "2",
+        "--repeats",
+        "1",
+        "--no-memory",
+        "--json",
+        str(out),
+    )
+    result = json.loads(out.read_text())
+    assert result["model"] == "resnet20" and result["data"] == "2 batches of 2 at 32x32"
+    assert result["max_relative_score_difference"] < 1e-4
+    assert set(result["median_s"]) == {
+        "api compute_scores",
+        "published scoring",
+        "api find_masks (1 round)",
+        "published round (+ threshold)",
+    }
+
+
+def test_threshold_benchmark_checks_identical_masks():
+    # The script raises if the API's threshold and the published cat + kthvalue give different masks.
+    _run("scoring.py", "--threshold", "--repeats", "1", "--no-memory")
+
+
+def test_gpu_callback_benchmark_smoke_run_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu_callback.json"
+    _run(
+        "gpu_callback.py",
+        *("--accelerator", "cpu", "--rounds", "2", "--batch-size", "2", "--scoring-batches", "1"),
+        *("--steps", "1", "--warmup", "1", "--image-size", "32", "--out", str(out)),
+    )
+    result = json.loads(out.read_text())
+    assert result["card"] == "cpu (smoke run)" and result["rounds"] == 2
+    for precision in ("32-true", "bf16-mixed"):
+        run = result[precision]
+        assert run["scored_on"] == ["cpu"] and run["scoring_rounds"] == 2, precision
+        assert run["kept_density"] == pytest.approx(0.1, abs=1e-4), precision
+        assert run["masked_step_s"] > 0 and run["dense_step_s"] > 0, precision
