@@ -733,3 +733,28 @@ def test_a_single_string_include_or_exclude_is_one_pattern(tmp_path):
 def test_method_options_mixing_the_flat_and_per_method_forms_is_refused():
     with pytest.raises(ValueError, match=r"mixes per-method keys \(px\) with options \(seed\): use one form"):
         ForesightPruningCallback(method="px", density=0.1, method_options={"px": {"head": "body"}, "seed": 0})
+
+
+def test_score_all_reduce_in_buckets_sums_every_layer(tmp_path):
+    # Two real gloo processes: small buckets mixing several layers, a large (and non-contiguous) layer
+    # alone, a last partial bucket; every layer must come back as the sum over ranks, in its own shape.
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = tmp_path / "summed.pt"
+    script = Path(__file__).resolve().parent / "ddp_all_reduce_run.py"
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(rank), port, str(out)], stderr=subprocess.PIPE)
+        for rank in (0, 1)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    result = torch.load(out)
+    assert list(result["summed"]) == list(result["base"])
+    for name, base in result["base"].items():
+        assert result["summed"][name].shape == base.shape, name
+        torch.testing.assert_close(result["summed"][name], 3 * base, msg=name)
