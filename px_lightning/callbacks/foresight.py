@@ -848,9 +848,8 @@ def _all_reduce_sum(scores: dict[str, Tensor]) -> dict[str, Tensor]:
     return scores
 
 
-_BUCKET = (
-    1 << 22
-)  # values per all-reduce bucket (16 MiB of float32 scores); a larger layer goes in one bucket
+# Values per all-reduce bucket (16 MiB of float32 scores); a larger layer goes in one bucket.
+_BUCKET = 1 << 22
 
 
 def _all_reduce_in_place(tensors: dict[str, Tensor]) -> None:
