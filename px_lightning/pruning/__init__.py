@@ -153,6 +153,11 @@ def find_masks(
                 stacklevel=2,
             )
         return masks
+    # A scorer may ask for constrained thresholding (PX's dense_head / layer_floor options); an infeasible
+    # one fails here, before any scoring, not in the round that runs out of budget.
+    constraints = scorer.thresholding(weights, model) if hasattr(scorer, "thresholding") else {}
+    if constraints.get("dense"):
+        _check_dense_budget(masks, density, constraints["dense"])
     for done, round_density in enumerate(densities, start=1):
         with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
             scores = scorer.score(model, weights, masks, batches, loss_fn)
@@ -165,11 +170,6 @@ def find_masks(
                 "kernel_norm='train' gives on BatchNorm networks (float round-off): use kernel_norm='eval', "
                 "or check that the scoring data is not all zeros"
             )
-        # A scorer may ask for constrained thresholding (PX's dense_head / layer_floor options).
-        constraints = scorer.thresholding(weights) if hasattr(scorer, "thresholding") else {}
-        if done == 1 and constraints.get("dense"):
-            # Fail now, not after rounds - 1 more scorings, if the final density cannot hold the dense tensors.
-            _check_dense_budget(masks, density, constraints["dense"])
         # ``pruned``: pruned weights rank last without a copy of the scores (each tensor's is made in turn).
         new = _threshold(
             scores, round_density, scope, pruned=masks if _signed(scores) else None, **constraints

@@ -152,6 +152,12 @@ class _GateMode(TorchFunctionMode):
         return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
 
 
+def _head_weight(model: nn.Module) -> str:
+    # The head: the last prunable layer in module order (a parametrized model gives the same names).
+    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    return f"{layers[-1]}.weight"
+
+
 def _set_modes(net: nn.Module, norm_train: bool) -> None:
     net.train()
     for m in net.modules():
@@ -271,18 +277,21 @@ class PXScorer(Scorer):
         self.kernel_norm, self.head, self.dense_head = kernel_norm, head, dense_head
         self.layer_norm = layer_norm
         self.layer_floor, self.bn_warmup = float(layer_floor), bn_warmup
-        self._head_name: str | None = None
 
-    def thresholding(self, weights: dict[str, Tensor]) -> dict:
-        """Constraints for ``threshold_masks``: the head kept dense and/or a per-layer floor."""
+    def thresholding(self, weights: dict[str, Tensor], model: nn.Module) -> dict:
+        """Constraints for ``threshold_masks``: the head kept dense and/or a per-layer floor.
+
+        Known before any scoring (``find_masks`` checks the final density against them first).
+        """
         out: dict = {}
         if self.dense_head:
-            if self._head_name not in weights:
+            head = _head_weight(model)
+            if head not in weights:
                 raise ValueError(
-                    f"dense_head=True but the head {self._head_name!r} (the last prunable layer) is not "
+                    f"dense_head=True but the head {head!r} (the last prunable layer) is not "
                     "among the pruned tensors: it is dense already; drop dense_head or include it"
                 )
-            out["dense"] = [self._head_name]
+            out["dense"] = [head]
         if self.layer_floor:
             out["layer_floor"] = self.layer_floor
         return out
@@ -291,7 +300,6 @@ class PXScorer(Scorer):
         net = plain_copy(model)
         layers = [(n, m) for n, m in net.named_modules() if isinstance(m, PRUNABLE_TYPES)]
         head = layers[-1][0]
-        self._head_name = f"{head}.weight"
         # "published" leaves the head's real weights in both paths; "body" treats it like every other layer.
         real_head = head if self.head == "published" else None
         has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
