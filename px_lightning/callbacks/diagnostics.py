@@ -55,7 +55,7 @@ from ..diagnostics import empirical_ntk, plain_parameters, spectrum
 from ..pruning import compute_scores, get_masks, sparsity_report
 from ..pruning.scorers import Scorer, get_scorer
 from ..pruning.scorers.base import batch_inputs
-from .foresight import ForesightPruningCallback, _module_loss
+from .foresight import ForesightPruningCallback, _module_loss, _scoring_source
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -252,17 +252,10 @@ class PruningDiagnosticsCallback(pl.Callback):
 
     def _scoring_batches(self, trainer: pl.Trainer) -> list:
         """The pruning callback's scoring data: the same batches at every log."""
-        datamodule = trainer.datamodule
-        if datamodule is not None and callable(getattr(datamodule, "scoring_dataloader", None)):
-            # Deterministic by contract: read afresh each time rather than held in memory for the run.
-            loader, limit = datamodule.scoring_dataloader(), None
-            source = f"{type(datamodule).__name__}.scoring_dataloader()"
-        elif self._batches is not None:  # train batches: drawn once, so that epochs are comparable
+        if self._batches is not None:  # train batches: drawn once, so that epochs are comparable
             return self._batches
-        else:
-            # As ForesightPruningCallback: the plain train loader (not the one with a DistributedSampler).
-            loader, limit = trainer.fit_loop._data_source.dataloader(), self.num_batches
-            source = f"the first {limit} batches of the train dataloader"
+        # A scoring_dataloader() is deterministic by contract: read afresh at each log rather than held.
+        loader, limit, source = _scoring_source(trainer, self.num_batches)
         batches = [] if loader is None else list(itertools.islice(iter(loader), limit))
         if not batches:
             raise ValueError(

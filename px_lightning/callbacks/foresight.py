@@ -41,6 +41,7 @@ from ..pruning import apply_masks, find_masks, get_masks, prunable_parameters, r
 from ..pruning.masks import WeightMask
 from ..pruning.schedule import flatten_named, split_like
 from ..pruning.scorers import SCORERS, PXScorer, Scorer, get_scorer
+from ..pruning.targets import _as_patterns
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -259,9 +260,7 @@ def restore_masks(module: nn.Module, checkpoint: str | os.PathLike | dict[str, A
             "not its inner network)"
         )
     apply_masks(module, masks)
-    with torch.no_grad():
-        for n in masks:
-            _original(module, n).mul_(_mask_module(module, n).mask)
+    _zero_pruned(module, list(masks))
     return get_masks(module)
 
 
@@ -414,9 +413,9 @@ class ForesightPruningCallback(Callback):
         self.scope = scope
         self.schedule = schedule
         self.num_batches = num_batches
-        # A single string is one pattern (as in find_masks), not a sequence of one-letter patterns.
-        self.include = [include] if isinstance(include, str) else list(include) if include else None
-        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude) if exclude else None
+        # As find_masks reads them: a single string is one pattern, not a sequence of one-letter patterns.
+        self.include = _as_patterns(include, "include") or None
+        self.exclude = _as_patterns(exclude, "exclude") or None
         self.reinit = reinit
         self.reshuffle = reshuffle
         self.make_permanent = make_permanent
@@ -527,11 +526,7 @@ class ForesightPruningCallback(Callback):
             self._masks = {n: m.detach().to("cpu", torch.bool).clone() for n, m in masks.items()}
             if dense is not None:
                 self._match_dense_optimizer_states(trainer, pl_module, dense)
-        # Pruned entries of the trainable tensors at zero: their gradients are zero, so SGD (momentum,
-        # weight decay) and Adam leave them there, and a resumed run continues bit for bit.
-        with torch.no_grad():
-            for n in self._names:
-                _original(pl_module, n).mul_(_mask_module(pl_module, n).mask)
+        _zero_pruned(pl_module, self._names)
         self.report = sparsity_report(pl_module)
         self._log(trainer)
 
@@ -619,15 +614,7 @@ class ForesightPruningCallback(Callback):
         return self.distributed_scoring == "shard"
 
     def _scoring_batches(self, trainer: pl.Trainer) -> list:
-        datamodule = trainer.datamodule
-        if datamodule is not None and callable(getattr(datamodule, "scoring_dataloader", None)):
-            loader, limit = datamodule.scoring_dataloader(), None
-            self._source = f"{type(datamodule).__name__}.scoring_dataloader()"
-        else:
-            # The fit loop sets its dataloaders up after on_fit_start; ask its source directly (the
-            # datamodule's or module's train_dataloader(), or the loaders given to fit) for a plain loader.
-            loader, limit = trainer.fit_loop._data_source.dataloader(), self.num_batches
-            self._source = f"the first {limit} batches of the train dataloader (the datamodule has no scoring_dataloader())"
+        loader, limit, self._source = _scoring_source(trainer, self.num_batches)
         if loader is None:
             batches = []
         else:
@@ -821,6 +808,33 @@ class ForesightPruningCallback(Callback):
                 "ForesightPruningCallback: the main process receives the pruned weights as plain tensors "
                 "(pruned entries zero, no masks); resume from a checkpoint to keep training with the masks"
             )
+
+
+def _scoring_source(trainer: pl.Trainer, num_batches: int) -> tuple[Any, int | None, str]:
+    """Where the scoring data comes from: ``(loader, how many batches or None for all, description)``.
+
+    The datamodule's ``scoring_dataloader()``, all of it, when it has one; else the first ``num_batches``
+    batches of the train dataloader. The diagnostics callback scores on the same data.
+    """
+    datamodule = trainer.datamodule
+    if datamodule is not None and callable(getattr(datamodule, "scoring_dataloader", None)):
+        return datamodule.scoring_dataloader(), None, f"{type(datamodule).__name__}.scoring_dataloader()"
+    # The fit loop sets its dataloaders up after on_fit_start; ask its source directly (the datamodule's or
+    # module's train_dataloader(), or the loaders given to fit) for a plain loader, without the
+    # DistributedSampler.
+    return (
+        trainer.fit_loop._data_source.dataloader(),
+        num_batches,
+        f"the first {num_batches} batches of the train dataloader (the datamodule has no scoring_dataloader())",
+    )
+
+
+def _zero_pruned(module: nn.Module, names: Sequence[str]) -> None:
+    # The pruned entries of the trainable tensors at zero: their gradients are zero, so SGD (momentum,
+    # weight decay) and Adam leave them there, and a resumed run continues bit for bit.
+    with torch.no_grad():
+        for n in names:
+            _original(module, n).mul_(_mask_module(module, n).mask)
 
 
 def _permuted(t: Tensor, generator: torch.Generator) -> Tensor:
