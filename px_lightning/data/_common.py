@@ -199,23 +199,16 @@ class ClassificationDataModule(L.LightningDataModule):
         scoring_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        checks = [
+            ("batch_size", batch_size, 1, ""),
+            ("num_workers", num_workers, 0, ""),
+            ("examples_per_class", examples_per_class, 1, ""),
+        ]
+        if scoring_batch_size is not None:
+            checks.append(("scoring_batch_size", scoring_batch_size, 1, " or None (= batch_size)"))
+        for name, value, low, alternative in checks:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if (
-            isinstance(examples_per_class, bool)
-            or not isinstance(examples_per_class, int)
-            or examples_per_class < 1
-        ):
-            raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}")
-        if scoring_batch_size is not None and (
-            isinstance(scoring_batch_size, bool)
-            or not isinstance(scoring_batch_size, int)
-            or scoring_batch_size < 1
-        ):
-            raise ValueError(
-                f"scoring_batch_size must be an integer >= 1 or None (= batch_size), got {scoring_batch_size!r}"
-            )
+                raise ValueError(f"{name} must be an integer >= {low}{alternative}, got {value!r}")
         self.batch_size = batch_size
         self.scoring_batch_size = scoring_batch_size
         self.num_workers = num_workers
@@ -251,7 +244,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """The test split in order, ``(image, label)`` pairs: what ``px-lightning predict`` runs on."""
-        return self._loader(self.test_set, "test", shuffle=False)
+        return self.test_dataloader()
 
     def scoring_indices(self) -> list[int]:
         """Indices (into the training set) of the balanced scoring subset."""

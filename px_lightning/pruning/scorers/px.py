@@ -152,10 +152,9 @@ class _GateMode(TorchFunctionMode):
         return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
 
 
-def _head_weight(model: nn.Module) -> str:
+def _head(model: nn.Module) -> str:
     # The head: the last prunable layer in module order (a parametrized model gives the same names).
-    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
-    return f"{layers[-1]}.weight"
+    return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)][-1]
 
 
 def _set_modes(net: nn.Module, norm_train: bool) -> None:
@@ -285,7 +284,7 @@ class PXScorer(Scorer):
         """
         out: dict = {}
         if self.dense_head:
-            head = _head_weight(model)
+            head = f"{_head(model)}.weight"
             if head not in weights:
                 raise ValueError(
                     f"dense_head=True but the head {head!r} (the last prunable layer) is not "
@@ -299,7 +298,7 @@ class PXScorer(Scorer):
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         net = plain_copy(model)
         layers = [(n, m) for n, m in net.named_modules() if isinstance(m, PRUNABLE_TYPES)]
-        head = layers[-1][0]
+        head = _head(net)
         # "published" leaves the head's real weights in both paths; "body" treats it like every other layer.
         real_head = head if self.head == "published" else None
         has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
