@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
             "masked_step_s": masked,
             "masked_over_dense": masked / dense,
         }
-    args.out.write_text(json.dumps(result, indent=2))
+        # written after each precision, so a run stopped by a time limit keeps what it measured
+        args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return result
 

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import inspect
 
-import segmentation_models_pytorch as smp
 from torch import nn
+
+
+def _smp():
+    # imported on use: smp pulls in timm (seconds), and classification needs neither
+    import segmentation_models_pytorch
+
+    return segmentation_models_pytorch
 
 
 def segmentation_architectures() -> list[str]:
     """The smp architecture names ``create_segmentation_model`` accepts (lower case)."""
-    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+    return sorted(_smp().MODEL_ARCHITECTURES_MAPPING)
 
 
 def create_segmentation_model(
@@ -35,6 +41,7 @@ def create_segmentation_model(
         >>> model = create_segmentation_model("deeplabv3plus", "resnet50", num_classes=21, output_stride=8)
         >>> model.encoder  # a torchvision ResNet-50 (without fc): load_pretrained_encoder(model.encoder, path)
     """
+    smp = _smp()
     try:
         cls = smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()]
     except (KeyError, AttributeError):
