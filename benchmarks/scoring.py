@@ -267,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "float64"], default="float32", help="--threshold's scores"
     )
+    parser.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="CUDA: float32 convolutions and matmuls in IEEE float32, not TF32 (PyTorch's default for convs)",
+    )
     args = parser.parse_args(argv)
     defaults = {"resnet20": (10, 10, 32), "resnet50": (10, 64, 224)}[args.model]
     args.batches = args.batches or defaults[0]
@@ -275,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     warnings.filterwarnings("ignore", message=".*layer collapse.*")  # one-shot 0.018 collapses layers
     if args.threshold:
@@ -294,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.device.startswith("cuda")
         else platform.processor() or platform.machine(),
         "threads": args.threads,
+        "tf32": torch.backends.cudnn.allow_tf32 if args.device.startswith("cuda") else None,
         "data": f"{args.batches} batches of {args.batch_size} at {args.image_size}x{args.image_size}",
         "max_relative_score_difference": rel,
         "median_s": {n: statistics.median(t) for n, t in times.items()},
@@ -312,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         result["peak_memory_MiB"] = {n: peak_memory(args, n) / 2**20 for n in fns}
     print(
         f"{result['model']} on {args.device} ({result['device']}, {args.threads} threads), {result['data']}"
+        + ("" if result["tf32"] is None else f", TF32 {'on' if result['tf32'] else 'off'}")
     )
     print(f"scores agree: max relative difference {rel:.2e}")
     for name in fns:

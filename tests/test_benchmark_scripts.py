@@ -72,3 +72,21 @@ def test_gpu_callback_benchmark_smoke_run_on_the_cpu(tmp_path):
         assert run["scored_on"] == ["cpu"] and run["scoring_rounds"] == 2, precision
         assert run["kept_density"] == pytest.approx(0.1, abs=1e-4), precision
         assert run["masked_step_s"] > 0 and run["dense_step_s"] > 0, precision
+
+
+def test_gpu_precision_benchmark_smoke_run_on_the_cpu(tmp_path):
+    # On a CPU there is no TF32: both float32 modes are plain float32, close to the float64 reference.
+    out = tmp_path / "precision.json"
+    _run(
+        "gpu_precision.py",
+        *("--device", "cpu", "--model", "resnet20", "--batch-size", "4", "--batches", "2"),
+        *("--image-size", "32", "--rounds", "2", "--repeats", "1", "--json", str(out)),
+    )
+    result = json.loads(out.read_text())
+    for mode in ("float32, TF32 on (default)", "float32, TF32 off"):
+        run = result[mode]
+        assert run["max_relative_error_vs_float64"] < 1e-4, mode
+        assert run["one_shot_masks_vs_float64"]["0.018"]["iou"] > 0.99, mode
+        iterative = run["iterative_2_rounds_d0.018_vs_float64"]
+        assert iterative["iou"] > 0.99 and iterative["collapsed"] == iterative["collapsed_in_reference"], mode
+    assert result["float32, TF32 on (default)"]["iterative_same_run_twice"]["iou"] == 1.0

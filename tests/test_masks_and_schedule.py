@@ -343,3 +343,40 @@ def test_bad_scope_or_schedule_refused_even_when_nothing_is_pruned():
         find_masks(small_cnn(), "magnitude", density=1.0, scope="bogus")
     with pytest.raises(ValueError, match="schedule must be"):
         find_masks(small_cnn(), "magnitude", density=1.0, schedule="bogus")
+
+
+def test_scoring_batches_are_moved_to_the_device_once_keeping_their_structure():
+    # find_masks copies the batches to an accelerator once for all rounds; "meta" stands in for a GPU here.
+    from collections import namedtuple
+
+    from px_lightning.pruning import _on_device
+
+    Pair = namedtuple("Pair", "inputs targets")
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    batches = [(x, y), [x, y, "id"], Pair(x, y), x]
+    moved = _on_device(batches, torch.device("meta"))
+    assert [type(b) for b in moved] == [tuple, list, Pair, torch.Tensor]
+    assert moved[1][2] == "id"
+    leaves = [moved[0][0], moved[0][1], moved[1][0], moved[1][1], moved[2].inputs, moved[2].targets, moved[3]]
+    assert all(t.device.type == "meta" for t in leaves)
+    assert moved[0][1].dtype == torch.int64 and moved[3].shape == x.shape
+    # On the CPU, and for batches without tensors, the caller's objects are used as they are.
+    assert _on_device(batches, torch.device("cpu")) is batches
+    assert _on_device([["a"]], torch.device("meta")) == [["a"]]
+
+
+def test_find_masks_scores_every_round_on_the_batches_on_the_models_device():
+    seen = []
+
+    class Recording(MagnitudeScorer):
+        needs_data = True
+
+        def score(self, model, weights, masks, batches, loss_fn=None):
+            seen.append([b[0] for b in batches])
+            return super().score(model, weights, masks, batches, loss_fn)
+
+    model = small_cnn()
+    data = [(torch.randn(2, 3, 16, 16), torch.tensor([0, 1])) for _ in range(2)]
+    find_masks(model, Recording(), data, density=0.5, rounds=3)
+    # Same tensors each round (no per-round copy), on the CPU the caller's own.
+    assert len(seen) == 3 and all(r[i] is data[i][0] for r in seen for i in range(2))

@@ -56,6 +56,36 @@ def _scoring_batches(batches: Iterable, scorer: Scorer) -> list:
     return batches
 
 
+def _on_device(batches: list, device: torch.device) -> list:
+    """The batches' tensors moved to ``device`` once, for scoring rounds that would each copy them again.
+
+    Measured on an H200: PX in the callback took 0.38 s a round on ResNet-50 with 10 x 64 images at 224
+    read from the host (385 MB over PCIe each round) against 0.25 s with them on the GPU. Only where they
+    fit comfortably: on a CUDA device, a quarter of its free memory; otherwise each use copies as before.
+    """
+    if device.type == "cpu":
+        return batches
+
+    def tensors(batch) -> list[Tensor]:
+        if isinstance(batch, Tensor):
+            return [batch]
+        return [t for t in batch if isinstance(t, Tensor)] if isinstance(batch, (tuple, list)) else []
+
+    size = sum(t.numel() * t.element_size() for b in batches for t in tensors(b) if t.device != device)
+    if size == 0 or (device.type == "cuda" and size > torch.cuda.mem_get_info(device)[0] // 4):
+        return batches
+
+    def move(batch):
+        if isinstance(batch, Tensor):
+            return batch.to(device)
+        if isinstance(batch, (tuple, list)):
+            items = [t.to(device) if isinstance(t, Tensor) else t for t in batch]
+            return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)  # namedtuples
+        return batch
+
+    return [move(b) for b in batches]
+
+
 def _signed(scores: dict[str, Tensor]) -> bool:
     # A pruned weight scores 0; with signed scores (GraSP) 0 can rank above kept weights' negative scores
     # and the pruned weight would come back, so it then ranks last (-inf). Non-negative scores are
@@ -119,7 +149,9 @@ def find_masks(
     authors' CIFAR runs), 100 otherwise. Continues from masks already on
     the model. Returns ``{param_name: bool Tensor}``; the model is left untouched.
     ``progress(done, rounds)`` is called after each round; ``reduce_scores`` maps each round's scores
-    before thresholding (the Lightning callback sums them across data-parallel ranks with it).
+    before thresholding (the Lightning callback sums them across data-parallel ranks with it). With more
+    than one round, batches on the host are copied to the model's accelerator once for all rounds when they
+    fit in a quarter of its free memory.
 
     Example:
         >>> masks = find_masks(model, "random", density=0.1, seed=0)
@@ -158,6 +190,8 @@ def find_masks(
     constraints = scorer.thresholding(weights, model) if hasattr(scorer, "thresholding") else {}
     if constraints.get("dense"):
         _check_dense_budget(masks, density, constraints["dense"])
+    if rounds > 1 and weights:
+        batches = _on_device(batches, next(iter(weights.values())).device)
     for done, round_density in enumerate(densities, start=1):
         with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
             scores = scorer.score(model, weights, masks, batches, loss_fn)
