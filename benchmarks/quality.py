@@ -111,6 +111,28 @@ METHODS: dict[str, tuple[str | None, dict]] = {
         "px",
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_scale": "mean_square"},
     ),
+    # Third follow-up (PX spreads its budget over about twice SynFlow's channels, benchmarks/connectivity.py):
+    # the data path's BatchNorm as the identity instead of train-mode per-channel renormalisation.
+    "px_head_body_bn_warmup_floor0.2_data_id": (
+        "px",
+        {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "data_bn": "identity"},
+    ),
+    # PX's kernel with |w| (SynFlow's) instead of w^2: the data then weight SynFlow's path values by z1.
+    "px_head_body_bn_warmup_floor0.2_kp1": (
+        "px",
+        {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_power": 1},
+    ),
+    "px_head_body_kp1": ("px", {"head": "body", "kernel_power": 1}),
+    "px_head_body_bn_warmup_floor0.2_kscale_ms_data_id": (
+        "px",
+        {
+            "head": "body",
+            "bn_warmup": True,
+            "layer_floor": 0.2,
+            "kernel_scale": "mean_square",
+            "data_bn": "identity",
+        },
+    ),
 }
 SEEDED = {"random", "ntksap"}  # methods that draw random numbers: seeded with the run's seed
 ITERATIVE = {"synflow", "ntksap", "px", "hybrid"}

@@ -292,3 +292,70 @@ def test_kernel_options_are_validated():
     )
     with pytest.raises(ValueError, match="track_running_stats"):
         compute_scores(no_stats.double(), "px", [torch.randn(4, 5, dtype=torch.float64)], kernel_bn="squared")
+
+
+def test_data_bn_identity_matches_a_direct_computation():
+    # Linear -> BatchNorm1d -> ReLU -> Linear, head="body": the data path skips the BatchNorm (identity), the
+    # gates and the kernel copy are PX's usual ones (eval-mode BatchNorm with the model's statistics).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 7, bias=False), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3, bias=False)
+    )
+    model = model.double().eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.3, 0.3)
+    lin, bn, head = model[0], model[1], model[3]
+    w1, w2 = lin.weight.detach(), head.weight.detach()
+    gamma, beta, sigma = bn.weight.detach(), bn.bias.detach(), (bn.running_var + bn.eps).sqrt()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    gates = ((x @ w1.T - bn.running_mean) / sigma * gamma + beta) > 0
+    z1 = ((gates * (x**2 @ torch.ones_like(w1).T)) @ torch.ones_like(w2).T).sum(0)
+    s1, s2 = (w1**2).requires_grad_(), (w2**2).requires_grad_()
+    ones = torch.ones(5, dtype=torch.float64)
+    z2 = s2 @ ((s1 @ ones - bn.running_mean) / sigma * gamma + beta)  # eval-mode BatchNorm, affine
+    (z1 * z2).sum().backward()
+    expected = {"0.weight": s1.grad.abs() * w1**2, "3.weight": s2.grad.abs() * w2**2}
+    got = compute_scores(model, "px", [x], head="body", data_bn="identity")
+    for name, ref in expected.items():
+        assert torch.allclose(got[name], ref, rtol=1e-12, atol=0), name
+    published = compute_scores(model, "px", [x], head="body")
+    assert not torch.allclose(published["0.weight"], expected["0.weight"], rtol=1e-3)
+    # The caller's BatchNorm is untouched, and the option is validated.
+    assert model[1].weight.min() >= 0.5 and float(model[1].running_var.min()) >= 0.5
+    with pytest.raises(ValueError, match="data_bn"):
+        compute_scores(model, "px", [x], data_bn="eval")
+    no_stats = nn.Sequential(
+        nn.Linear(5, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.ReLU(), nn.Linear(4, 2)
+    )
+    with pytest.raises(ValueError, match="track_running_stats"):
+        compute_scores(no_stats.double(), "px", [torch.randn(4, 5, dtype=torch.float64)], data_bn="identity")
+
+
+def test_kernel_power_one_gives_synflow_scores_weighted_by_the_data_path():
+    # One output, no biases, head="body": the kernel copy with |w| is SynFlow's network, so PX's scores are
+    # SynFlow's times the data path's scalar z1 (the same factor for every weight).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 7, bias=False),
+        nn.ReLU(),
+        nn.Linear(7, 6, bias=False),
+        nn.ReLU(),
+        nn.Linear(6, 1, bias=False),
+    ).double()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    px = compute_scores(model, "px", [x], head="body", kernel_power=1)
+    synflow = compute_scores(model, "synflow", [x])
+    ratios = torch.cat([(px[n] / synflow[n]).flatten() for n in px])
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-10, atol=0)
+    assert float(ratios[0]) > 0
+    # The published power (2) ranks differently, and kernel_power is validated.
+    squared = compute_scores(model, "px", [x], head="body")
+    assert not torch.equal(squared["2.weight"].flatten().argsort(), px["2.weight"].flatten().argsort())
+    for bad in (3, True, "1"):
+        with pytest.raises(ValueError, match="kernel_power"):
+            compute_scores(model, "px", [x], kernel_power=bad)
+    with pytest.raises(ValueError, match="kernel_power=1"):
+        compute_scores(model, "px", [x], kernel_power=1, kernel_scale="mean_square")

@@ -61,7 +61,20 @@ while the shortcut's falls with one, so the shortcut keeps gaining (``benchmarks
   by one common factor; the ranking inside a layer stays PX's. The score of a weight is its path value in
   the rescaled kernel. ``"none"`` (default) is the computation above.
 
-Both change the kernel copy only, which does not depend on the data: the scores stay sums over the scoring
+- ``data_bn="identity"``: the data-path copy's BatchNorm layers pass their input unchanged (eval mode with
+  identity statistics and affine parameters) instead of the published ``train()`` mode, which rescales
+  every channel by the scoring batch's statistics. It changes ``z1`` only, so it hardly moves the masks
+  (measured: the same active width and path count on the Digits ResNet-8). Needs BatchNorm running
+  statistics. ``"train"`` (default) is the published computation.
+- ``kernel_power=1``: the kernel copy's weights and biases are ``|w|`` instead of ``w ** 2`` and the score is
+  ``|d(z1 . z2)/d|w|| * |w|``: SynFlow's path values weighted by the data path's per-output ``z1``. The
+  data enter PX's scores only through ``z1`` (one number per output unit) and the BatchNorm statistics
+  (``bn_warmup``), so the kernel decides which weights a layer keeps; squared weights favour large single
+  weights over weights in well-connected channels, and PX's masks spread over about twice SynFlow's active
+  channels with 100 to 1000 times fewer input-output paths (``benchmarks/connectivity.py``). ``2``
+  (default) is the published computation. Takes ``kernel_bn="affine"`` and ``kernel_scale="none"``.
+
+Both kernel options change the kernel copy only, which does not depend on the data: the scores stay sums over the scoring
 batches, so sharded data-parallel scoring stays exact (``bn_warmup`` is what makes it inexact). On the
 Digits ResNet-8 neither beats SynFlow: ``mean_square`` gets SynFlow's per-layer allocation and equals it
 within noise, ``squared`` is 3 points below it at d=0.005 (``benchmarks/README.md``, Quality).
@@ -230,6 +243,30 @@ def _squared_norms(net: nn.Module, buffers: dict) -> dict[str, Tensor]:
     return out
 
 
+def _power_(t: Tensor, power: int) -> Tensor:
+    """``t ** 2`` (published) or ``|t|`` (``kernel_power=1``), in place."""
+    return t.pow_(2) if power == 2 else t.abs_()
+
+
+def _identity_norms(net: nn.Module) -> dict[str, Tensor]:
+    """``data_bn="identity"``: parameters and buffers that make each eval-mode BatchNorm pass ``x`` unchanged."""
+    out = {}
+    for name, m in net.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if m.running_var is None:
+            raise ValueError(
+                f"data_bn='identity' needs BatchNorm running statistics, but {name!r} has "
+                "track_running_stats=False; use data_bn='train' for this model"
+            )
+        out[f"{name}.running_mean"] = torch.zeros_like(m.running_mean)
+        out[f"{name}.running_var"] = torch.full_like(m.running_var, 1 - m.eps)  # 1 / sqrt(var + eps) = 1
+        if m.affine:
+            out[f"{name}.weight"] = torch.ones_like(m.weight)
+            out[f"{name}.bias"] = torch.zeros_like(m.bias)
+    return out
+
+
 class PXScorer(Scorer):
     name = "px"
     one_shot = False
@@ -244,6 +281,8 @@ class PXScorer(Scorer):
         layer_norm: str = "none",
         kernel_bn: str = "affine",
         kernel_scale: str = "none",
+        data_bn: str = "train",
+        kernel_power: int = 2,
     ) -> None:
         if kernel_norm not in ("eval", "train"):
             raise ValueError(f"kernel_norm must be 'eval' or 'train', got {kernel_norm!r}")
@@ -272,7 +311,17 @@ class PXScorer(Scorer):
             )
         if kernel_scale not in ("none", "mean_square"):
             raise ValueError(f"kernel_scale must be 'none' or 'mean_square', got {kernel_scale!r}")
-        self.kernel_bn, self.kernel_scale = kernel_bn, kernel_scale
+        if data_bn not in ("train", "identity"):
+            raise ValueError(f"data_bn must be 'train' or 'identity', got {data_bn!r}")
+        if kernel_power not in (1, 2) or isinstance(kernel_power, bool):
+            raise ValueError(f"kernel_power must be 2 (published) or 1, got {kernel_power!r}")
+        if kernel_power == 1 and (kernel_bn != "affine" or kernel_scale != "none"):
+            raise ValueError(
+                "kernel_power=1 takes the kernel copy's default kernel_bn='affine' and kernel_scale='none' "
+                f"(both are defined for squared weights), got kernel_bn={kernel_bn!r}, kernel_scale={kernel_scale!r}"
+            )
+        self.kernel_bn, self.kernel_scale, self.data_bn = kernel_bn, kernel_scale, data_bn
+        self.kernel_power = kernel_power
         self.kernel_norm, self.head, self.dense_head = kernel_norm, head, dense_head
         self.layer_norm = layer_norm
         self.layer_floor, self.bn_warmup = float(layer_floor), bn_warmup
@@ -334,6 +383,9 @@ class PXScorer(Scorer):
             if b in biases:
                 data_path[b] = torch.ones_like(biases[b])
 
+        # data_bn="identity": the data path's BatchNorm layers pass it unchanged (eval mode, statistics and
+        # affine parameters of an identity map) instead of normalising each channel by the batch.
+        identity_norms = _identity_norms(net) if self.data_bn == "identity" else None
         z1_sums: dict[tuple, Tensor] = {}
         with torch.no_grad():
             for batch in batches:
@@ -341,11 +393,10 @@ class PXScorer(Scorer):
                 net.eval()
                 with _GateMode("record") as recorder:
                     torch.func.functional_call(net, {**real, **buffers}, (x,), strict=False)
-                _set_modes(net, norm_train=True)
+                _set_modes(net, norm_train=identity_norms is None)
+                state = {**data_path, **fresh_buffers(), **(identity_norms or {})}
                 with _GateMode("replay", recorder.gates):
-                    out = torch.func.functional_call(
-                        net, {**data_path, **fresh_buffers()}, (x**2,), strict=False
-                    )
+                    out = torch.func.functional_call(net, state, (x**2,), strict=False)
                 z1 = model_output(out).sum(0)
                 key = tuple(x.shape[1:])
                 z1_sums[key] = z1_sums[key] + z1 if key in z1_sums else z1
@@ -363,12 +414,12 @@ class PXScorer(Scorer):
         with torch.no_grad():
             for n, _ in layers:
                 w, b = f"{n}.weight", f"{n}.bias"
-                value = real[w] if n == real_head else real[w].pow_(2)
+                value = real[w] if n == real_head else _power_(real[w], self.kernel_power)
                 if w in masks:
                     leaves[w] = value.requires_grad_(True)
                 kernel[w] = value
                 if b in biases:
-                    kernel[b] = biases[b] if n == real_head else biases[b] ** 2
+                    kernel[b] = biases[b] if n == real_head else _power_(biases[b].clone(), self.kernel_power)
         del real
         if unit:
             # Outside no_grad: the leaves stay the squared weights, so score = w^2 * d(z1.z2)/d(w^2) is the
@@ -393,7 +444,7 @@ class PXScorer(Scorer):
         for n in weights:
             # In place on the gradient, one layer at a time: no second full-size set of temporaries.
             grad = leaves.pop(n).grad
-            scores[n] = grad.mul_(masks[n]).abs_().mul_(weights[n] ** 2)
+            scores[n] = grad.mul_(masks[n]).abs_().mul_(_power_(weights[n].clone(), self.kernel_power))
         if self.layer_norm == "sum":
             # A layer whose scores are all zero (fully pruned) stays zero rather than dividing by zero.
             scores = {n: s / s.sum() if bool(s.any()) else s for n, s in scores.items()}
