@@ -90,3 +90,29 @@ def test_gpu_precision_benchmark_smoke_run_on_the_cpu(tmp_path):
         iterative = run["iterative_2_rounds_d0.018_vs_float64"]
         assert iterative["iou"] > 0.99 and iterative["collapsed"] == iterative["collapsed_in_reference"], mode
     assert result["float32, TF32 on (default)"]["iterative_same_run_twice"]["iou"] == 1.0
+
+
+def test_connectivity_counts_weights_on_input_output_paths():
+    # 2 inputs -> 3 hidden -> 1 output. Kept: in0->h0, in1->h1 (h1 reaches no output), h0->out, h2->out
+    # (h2 has no input). Effective: in0->h0 and h0->out; in1->h1 input-only; h2->out output-only.
+    sys.path.insert(0, str(BENCHMARKS))
+    import torch
+    from connectivity import path_counts
+    from torch import nn
+
+    # Linear's biases are not zero: were they counted, h2 -> out would lie on a (bias) path.
+    model = nn.Sequential(nn.Linear(2, 3, bias=True), nn.ReLU(), nn.Linear(3, 1, bias=True))
+    masks = {
+        "0.weight": torch.tensor([[1, 0], [0, 1], [0, 0]], dtype=torch.bool),
+        "2.weight": torch.tensor([[1, 0, 1]], dtype=torch.bool),
+    }
+    counts = path_counts(model, masks, torch.zeros(4, 2))
+    assert counts.pop("_paths") == 1.0
+    assert counts["0.weight"] == {
+        "kept": 2, "effective": 1, "input_only": 1, "output_only": 0, "isolated": 0,
+        "active_out": 1, "out_channels": 3,
+    }  # fmt: skip
+    assert counts["2.weight"] == {
+        "kept": 2, "effective": 1, "input_only": 0, "output_only": 1, "isolated": 0,
+        "active_out": 1, "out_channels": 1,
+    }  # fmt: skip

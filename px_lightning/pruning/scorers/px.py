@@ -61,6 +61,14 @@ while the shortcut's falls with one, so the shortcut keeps gaining (``benchmarks
   by one common factor; the ranking inside a layer stays PX's. The score of a weight is its path value in
   the rescaled kernel. ``"none"`` (default) is the computation above.
 
+``kernel_bn`` and ``kernel_scale`` change the kernel copy only, which does not depend on the data: the
+scores stay sums over the scoring batches, so sharded data-parallel scoring stays exact (``bn_warmup`` is
+what makes it inexact). On the Digits ResNet-8 neither beats SynFlow: ``mean_square`` gets SynFlow's
+per-layer allocation and equals it within noise, ``squared`` is 3 points below it at d=0.005
+(``benchmarks/README.md``, Quality).
+
+Options from the connectivity study (both off by default):
+
 - ``data_bn="identity"``: the data-path copy's BatchNorm layers pass their input unchanged (eval mode with
   identity statistics and affine parameters) instead of the published ``train()`` mode, which rescales
   every channel by the scoring batch's statistics. It changes ``z1`` only, so it hardly moves the masks
@@ -70,20 +78,17 @@ while the shortcut's falls with one, so the shortcut keeps gaining (``benchmarks
   ``|d(z1 . z2)/d|w|| * |w|``: SynFlow's path values weighted by the data path's per-output ``z1``. The
   data enter PX's scores only through ``z1`` (one number per output unit) and the BatchNorm statistics
   (``bn_warmup``), so the kernel decides which weights a layer keeps; squared weights favour large single
-  weights over weights in well-connected channels, and PX's masks spread over about twice SynFlow's active
-  channels with 100 to 1000 times fewer input-output paths (``benchmarks/connectivity.py``). ``2``
+  weights over weights in well-connected channels (a reading, from what follows): PX's masks spread over
+  about twice SynFlow's active channels with 100 to 1000 times fewer input-output paths, and with
+  ``kernel_power=1`` they have SynFlow's width and path count (``benchmarks/connectivity.py``). ``2``
   (default) is the published computation. Takes ``kernel_bn="affine"`` and ``kernel_scale="none"``.
-
-Both kernel options change the kernel copy only, which does not depend on the data: the scores stay sums over the scoring
-batches, so sharded data-parallel scoring stays exact (``bn_warmup`` is what makes it inexact). On the
-Digits ResNet-8 neither beats SynFlow: ``mean_square`` gets SynFlow's per-layer allocation and equals it
-within noise, ``squared`` is 3 points below it at d=0.005 (``benchmarks/README.md``, Quality).
 
 Example:
     >>> find_masks(model, "px", batches, density=0.01, rounds=20, dense_head=True, bn_warmup=True)
     >>> find_masks(model, "px", batches, density=0.005, rounds=10, head="body", layer_norm="sum")
     >>> find_masks(model, "px", batches, density=0.005, rounds=10, head="body", bn_warmup=True,
     ...            kernel_bn="squared")
+    >>> find_masks(model, "px", batches, density=0.005, rounds=10, head="body", kernel_power=1)
 """
 
 from __future__ import annotations
