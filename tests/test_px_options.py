@@ -359,3 +359,28 @@ def test_kernel_power_one_gives_synflow_scores_weighted_by_the_data_path():
             compute_scores(model, "px", [x], kernel_power=bad)
     with pytest.raises(ValueError, match="kernel_power=1"):
         compute_scores(model, "px", [x], kernel_power=1, kernel_scale="mean_square")
+
+
+def test_output_weighting_uniform_with_kernel_power_one_is_synflow_on_a_masked_model():
+    # On a masked model the data path's per-class output z1 differs between classes (here: class 0 keeps
+    # one head weight, class 1 all of them), so published PX with |w| is SynFlow reweighted per class;
+    # with output_weighting="uniform" the weighting is gone and the scores are SynFlow's up to one factor.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6, bias=False), nn.ReLU(), nn.Linear(6, 2, bias=False)).double()
+    head_mask = torch.ones(2, 6, dtype=torch.bool)
+    head_mask[0, 1:] = False
+    apply_masks(model, {"2.weight": head_mask})
+    x = torch.randn(8, 5, dtype=torch.float64)
+    synflow = compute_scores(model, "synflow", [x])
+
+    def ratios(scores):
+        return torch.cat([(scores[n] / synflow[n])[synflow[n] > 0] for n in scores])
+
+    uniform = ratios(
+        compute_scores(model, "px", [x], head="body", kernel_power=1, output_weighting="uniform")
+    )
+    assert torch.allclose(uniform, uniform[0].expand_as(uniform), rtol=1e-10, atol=0)
+    per_class = ratios(compute_scores(model, "px", [x], head="body", kernel_power=1))
+    assert float(per_class.max() / per_class.min()) > 1.5
+    with pytest.raises(ValueError, match="output_weighting"):
+        compute_scores(model, "px", [x], output_weighting="balanced")
