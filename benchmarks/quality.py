@@ -123,6 +123,7 @@ METHODS: dict[str, tuple[str | None, dict]] = {
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_power": 1},
     ),
     "px_head_body_kp1": ("px", {"head": "body", "kernel_power": 1}),
+    "px_head_body_kp1_r100": ("px", {"head": "body", "kernel_power": 1}),
     # z1 (the data path's per-class output) replaced by its mean: no per-class feedback in the head.
     "px_head_body_bn_warmup_floor0.2_unif": (
         "px",
