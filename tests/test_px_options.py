@@ -206,16 +206,16 @@ def test_kernel_scale_mean_square_matches_a_direct_computation_on_a_residual_blo
     assert share(scaled) < 0.5 * share(default)
 
 
+def _chain(outputs: int) -> nn.Module:
+    """Three bias-free Linear layers with ReLUs (5 -> 7 -> 6 -> outputs), float64."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(5, 7, bias=False), nn.ReLU(), nn.Linear(7, 6, bias=False), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(6, outputs, bias=False)).double()
+
+
 def test_kernel_scale_mean_square_only_rescales_a_chain():
     # On a chain every path crosses every layer: all scores change by the product of the layers' factors.
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(5, 7, bias=False),
-        nn.ReLU(),
-        nn.Linear(7, 6, bias=False),
-        nn.ReLU(),
-        nn.Linear(6, 3, bias=False),
-    ).double()
+    model = _chain(outputs=3)
     x = torch.randn(4, 5, dtype=torch.float64)
     plain = compute_scores(model, "px", [x], head="body")
     scaled = compute_scores(model, "px", [x], head="body", kernel_scale="mean_square")
@@ -223,6 +223,22 @@ def test_kernel_scale_mean_square_only_rescales_a_chain():
     for name in plain:
         assert torch.allclose(scaled[name] * factor, plain[name], rtol=1e-10, atol=0), name
     assert abs(factor - 1) > 0.1  # so the check above would fail if the option did nothing
+
+
+def _linear_bn_linear():
+    """Linear -> BatchNorm1d -> ReLU -> Linear (float64, eval), BatchNorm statistics and affine parameters
+    away from their 0/1 initial values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 7, bias=False), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3, bias=False)
+    )
+    model = model.double().eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.3, 0.3)
+    return model
 
 
 def _squared_bn_reference(model, x):
@@ -242,16 +258,7 @@ def _squared_bn_reference(model, x):
 
 
 def test_kernel_bn_squared_matches_a_direct_computation():
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(5, 7, bias=False), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3, bias=False)
-    )
-    model = model.double().eval()
-    with torch.no_grad():  # statistics and affine parameters away from their 0/1 initial values
-        model[1].running_mean.uniform_(-0.5, 0.5)
-        model[1].running_var.uniform_(0.5, 2.0)
-        model[1].weight.uniform_(0.5, 1.5)
-        model[1].bias.uniform_(-0.3, 0.3)
+    model = _linear_bn_linear()
     x = torch.randn(8, 5, dtype=torch.float64)
     expected = _squared_bn_reference(model, x)
     got = compute_scores(model, "px", [x], head="body", kernel_bn="squared")
@@ -287,26 +294,22 @@ def test_kernel_options_are_validated():
         compute_scores(model, "px", data, kernel_bn="squared", kernel_norm="train")
     with pytest.raises(ValueError, match="kernel_scale"):
         compute_scores(model, "px", data, kernel_scale="fan_in")
+
+
+@pytest.mark.parametrize("option", [{"kernel_bn": "squared"}, {"data_bn": "identity"}])
+def test_options_that_need_batchnorm_statistics_say_so(option):
     no_stats = nn.Sequential(
         nn.Linear(5, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.ReLU(), nn.Linear(4, 2)
     )
-    with pytest.raises(ValueError, match="track_running_stats"):
-        compute_scores(no_stats.double(), "px", [torch.randn(4, 5, dtype=torch.float64)], kernel_bn="squared")
+    name, value = next(iter(option.items()))
+    with pytest.raises(ValueError, match=rf"{name}='{value}' needs .*'1' has track_running_stats=False"):
+        compute_scores(no_stats.double(), "px", [torch.randn(4, 5, dtype=torch.float64)], **option)
 
 
 def test_data_bn_identity_matches_a_direct_computation():
     # Linear -> BatchNorm1d -> ReLU -> Linear, head="body": the data path skips the BatchNorm (identity), the
     # gates and the kernel copy are PX's usual ones (eval-mode BatchNorm with the model's statistics).
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(5, 7, bias=False), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3, bias=False)
-    )
-    model = model.double().eval()
-    with torch.no_grad():
-        model[1].running_mean.uniform_(-0.5, 0.5)
-        model[1].running_var.uniform_(0.5, 2.0)
-        model[1].weight.uniform_(0.5, 1.5)
-        model[1].bias.uniform_(-0.3, 0.3)
+    model = _linear_bn_linear()
     lin, bn, head = model[0], model[1], model[3]
     w1, w2 = lin.weight.detach(), head.weight.detach()
     gamma, beta, sigma = bn.weight.detach(), bn.bias.detach(), (bn.running_var + bn.eps).sqrt()
@@ -327,24 +330,12 @@ def test_data_bn_identity_matches_a_direct_computation():
     assert model[1].weight.min() >= 0.5 and float(model[1].running_var.min()) >= 0.5
     with pytest.raises(ValueError, match="data_bn"):
         compute_scores(model, "px", [x], data_bn="eval")
-    no_stats = nn.Sequential(
-        nn.Linear(5, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.ReLU(), nn.Linear(4, 2)
-    )
-    with pytest.raises(ValueError, match="track_running_stats"):
-        compute_scores(no_stats.double(), "px", [torch.randn(4, 5, dtype=torch.float64)], data_bn="identity")
 
 
 def test_kernel_power_one_gives_synflow_scores_weighted_by_the_data_path():
     # One output, no biases, head="body": the kernel copy with |w| is SynFlow's network, so PX's scores are
     # SynFlow's times the data path's scalar z1 (the same factor for every weight).
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(5, 7, bias=False),
-        nn.ReLU(),
-        nn.Linear(7, 6, bias=False),
-        nn.ReLU(),
-        nn.Linear(6, 1, bias=False),
-    ).double()
+    model = _chain(outputs=1)
     x = torch.randn(8, 5, dtype=torch.float64)
     px = compute_scores(model, "px", [x], head="body", kernel_power=1)
     synflow = compute_scores(model, "synflow", [x])

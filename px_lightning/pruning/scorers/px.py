@@ -231,19 +231,24 @@ def _mean_squares(layers, weights: dict, real: dict, real_head: str | None) -> d
     return out
 
 
+def _norms_with_statistics(net: nn.Module, option: str, alternative: str) -> list[tuple[str, nn.Module]]:
+    """The BatchNorm layers of ``net``, for an ``option`` that needs their running statistics."""
+    norms = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for name, m in norms:
+        if m.running_var is None:
+            raise ValueError(
+                f"{option} needs BatchNorm running statistics, but {name!r} has "
+                f"track_running_stats=False; use {alternative} for this model"
+            )
+    return norms
+
+
 def _squared_norms(net: nn.Module, buffers: dict) -> dict[str, Tensor]:
     """``kernel_bn="squared"``: parameters and buffers that turn each eval-mode BatchNorm of the kernel copy
     into ``x * (gamma / sqrt(running_var + eps))^2`` (no shift), the squared network's counterpart of the
     per-channel affine map ``gamma * (x - mean) / sigma + beta``."""
     out = {}
-    for name, m in net.named_modules():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-            continue
-        if m.running_var is None:
-            raise ValueError(
-                f"kernel_bn='squared' needs BatchNorm running statistics, but {name!r} has "
-                "track_running_stats=False; use kernel_bn='affine' for this model"
-            )
+    for name, m in _norms_with_statistics(net, "kernel_bn='squared'", "kernel_bn='affine'"):
         var, mean = buffers[f"{name}.running_var"], buffers[f"{name}.running_mean"]
         root = (var + m.eps).sqrt()
         out[f"{name}.running_mean"] = torch.zeros_like(mean)
@@ -264,14 +269,7 @@ def _power_(t: Tensor, power: int) -> Tensor:
 def _identity_norms(net: nn.Module) -> dict[str, Tensor]:
     """``data_bn="identity"``: parameters and buffers that make each eval-mode BatchNorm pass ``x`` unchanged."""
     out = {}
-    for name, m in net.named_modules():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-            continue
-        if m.running_var is None:
-            raise ValueError(
-                f"data_bn='identity' needs BatchNorm running statistics, but {name!r} has "
-                "track_running_stats=False; use data_bn='train' for this model"
-            )
+    for name, m in _norms_with_statistics(net, "data_bn='identity'", "data_bn='train'"):
         out[f"{name}.running_mean"] = torch.zeros_like(m.running_mean)
         out[f"{name}.running_var"] = torch.full_like(m.running_var, 1 - m.eps)  # 1 / sqrt(var + eps) = 1
         if m.affine:
