@@ -10,8 +10,9 @@ share of the budget is wasted. For a set of masks this script counts, per layer 
 How: a float64 copy of the network at initialisation with every prunable weight set to its mask (1 kept,
 0 pruned), every bias and BatchNorm shift set to 0 and BatchNorm scales to 1 (``eval()``, statistics 0/1),
 so each unit's value on an all-ones input counts the input paths reaching it (ReLU and pooling pass
-non-negative values unchanged). ``R = sum(output)`` counts the complete paths; a kept weight is on one iff
-``dR/dw > 0``. Two channel-level passes split the rest: a weight's input channel reached from the input,
+non-negative values unchanged), and ``R = sum(output)`` counts the complete paths. Effective weights are
+``px_lightning.pruning.effective_masks`` (a kept weight is on a path iff ``dR/dw > 0``; checked equal to
+this script's own earlier count on both models and five methods). Two channel-level passes split the rest: a weight's input channel reached from the input,
 and its output channel continuing to the output (found with every BatchNorm shift set to 1, so that ReLU
 passes all gradients).
 Masks come from ``quality.py``'s methods, seeds and scoring batches, so the rows match its tables.
@@ -37,7 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality
 
-from px_lightning.pruning import find_masks, prunable_parameters
+from px_lightning.pruning import effective_masks, find_masks, prunable_parameters
 
 
 def _linear_copy(model: nn.Module, masks: dict[str, torch.Tensor], shift: float) -> tuple[nn.Module, dict]:
@@ -78,11 +79,10 @@ def path_counts(model: nn.Module, masks: dict[str, torch.Tensor], example: torch
         )
         for name, layer in layer_of.items()
     ]
-    paths = torch.func.functional_call(net, leaves, (ones,), strict=False).sum()
-    paths.backward()
+    paths = torch.func.functional_call(net, leaves, (ones,), strict=False).sum().detach()
     for h in hooks:
         h.remove()
-    effective = {n: masks[n] & (leaves[n].grad > 0) for n in masks}
+    effective = effective_masks(model, example, masks)  # the library's definition (same as dR/dw > 0 here)
 
     # Pass 2, every BatchNorm shifted by 1: all units positive, so ReLU passes every gradient and
     # dR/d(layer output) > 0 exactly where a path continues from that unit to the output.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .connectivity import effective_masks
 from .masks import (
     WeightMask,
     _module_and_attr,
@@ -258,6 +259,7 @@ __all__ = [
     "apply_masks",
     "compute_scores",
     "density_schedule",
+    "effective_masks",
     "find_masks",
     "get_masks",
     "prunable_parameters",

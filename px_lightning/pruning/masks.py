@@ -140,22 +140,34 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
-def sparsity_report(model: nn.Module) -> dict:
+def sparsity_report(model: nn.Module, example_input: Tensor | None = None) -> dict:
     """Per-layer and total kept/total counts of the masked tensors.
 
     Returns ``{"layers": {name: {"kept", "total", "density", "collapsed"}}, "kept", "total", "density"}``;
-    a layer with no weight kept is flagged ``collapsed``.
+    a layer with no weight kept is flagged ``collapsed``. With ``example_input`` (a batch of the model's
+    inputs, for its shape), each layer also gets ``"effective"``, its kept weights on an input-to-output
+    path, and the report ``"effective"`` and ``"effective_density"`` (``effective_masks``).
 
     Example:
         >>> report = sparsity_report(model); report["density"]
+        >>> sparsity_report(model, x)["effective_density"]
     """
+    masks = get_masks(model)
     layers = {}
-    for name, mask in get_masks(model).items():
+    for name, mask in masks.items():
         kept, total = int(mask.sum()), mask.numel()
         layers[name] = {"kept": kept, "total": total, "density": kept / total, "collapsed": kept == 0}
     kept = sum(v["kept"] for v in layers.values())
     total = sum(v["total"] for v in layers.values())
-    return {"layers": layers, "kept": kept, "total": total, "density": kept / total if total else 1.0}
+    report = {"layers": layers, "kept": kept, "total": total, "density": kept / total if total else 1.0}
+    if example_input is not None:
+        from .connectivity import effective_masks  # connectivity builds on this module
+
+        for name, effective in effective_masks(model, example_input).items():
+            layers[name]["effective"] = int(effective.sum())
+        report["effective"] = sum(v["effective"] for v in layers.values())
+        report["effective_density"] = report["effective"] / total
+    return report
 
 
 def warn_collapsed(masks: dict[str, Tensor], method: str) -> list[str]:

@@ -1,0 +1,142 @@
+"""effective_masks / sparsity_report(model, x): kept weights on an input-to-output path."""
+
+import copy
+import itertools
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils import parametrize
+
+from px_lightning.pruning import apply_masks, effective_masks, find_masks, get_masks, sparsity_report
+
+
+def _reference(layers: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Effective weights of an MLP chain from boolean reachability, layer by layer (masks (out, in))."""
+    reached = [torch.ones(layers[0].shape[1], dtype=torch.bool)]  # units reached from the input
+    for m in layers:
+        reached.append((m & reached[-1]).any(1))
+    reaches = [torch.ones(layers[-1].shape[0], dtype=torch.bool)]  # units that reach the output
+    for m in reversed(layers):
+        reaches.insert(0, (m & reaches[0][:, None]).any(0))
+    return [m & reaches[i + 1][:, None] & reached[i][None, :] for i, m in enumerate(layers)]
+
+
+def test_a_hand_made_case_with_biases_that_would_make_false_paths():
+    # 2 -> 3 -> 1. Kept: in0->h0, in1->h1 (h1 reaches no output), h0->out, h2->out (h2 has no input; its
+    # bias would feed it, which must not count).
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    masks = {
+        "0.weight": torch.tensor([[1, 0], [0, 1], [0, 0]], dtype=torch.bool),
+        "2.weight": torch.tensor([[1, 0, 1]], dtype=torch.bool),
+    }
+    got = effective_masks(model, torch.zeros(4, 2), masks)
+    assert got["0.weight"].tolist() == [[True, False], [False, False], [False, False]]
+    assert got["2.weight"].tolist() == [[True, False, False]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_deep_chains_match_boolean_reachability(seed):
+    torch.manual_seed(seed)
+    sizes = [6, 9, 8, 9, 7, 3]
+    model = nn.Sequential()
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        model.add_module(f"fc{i}", nn.Linear(a, b))
+        model.add_module(f"act{i}", nn.ReLU() if i % 2 else nn.GELU())  # GELU(0) != 0: must not matter
+    masks = {f"fc{i}.weight": torch.rand(b, a) < 0.25 for i, (a, b) in enumerate(itertools.pairwise(sizes))}
+    got = effective_masks(model, torch.randn(2, sizes[0]), masks)
+    expected = _reference(list(masks.values()))
+    for (name, mask), ref in zip(masks.items(), expected):
+        assert torch.equal(got[name], ref), name
+    assert sum(int(m.sum()) for m in expected) > 0  # the cases are not trivially empty
+
+
+class _ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.bn(self.conv(x)))), 1))
+
+
+def test_a_convolution_channel_cut_from_the_classifier_is_not_effective():
+    torch.manual_seed(0)
+    model = _ConvNet()
+    with torch.no_grad():  # BatchNorm shifts that would feed every channel if they counted
+        model.bn.bias.fill_(1.0)
+        model.bn.running_mean.fill_(-3.0)
+    conv = torch.zeros(4, 3, 3, 3, dtype=torch.bool)
+    conv[0] = conv[1] = True  # channels 0 and 1 fed, 2 and 3 not
+    fc = torch.zeros(2, 64, dtype=torch.bool)
+    fc[:, 16:48] = True  # the classifier reads channels 1 and 2 (16 pooled positions each)
+    got = effective_masks(model, torch.randn(1, 3, 8, 8), {"conv.weight": conv, "fc.weight": fc})
+    assert got["conv.weight"][1].all() and not got["conv.weight"][0].any()
+    assert got["fc.weight"][:, 16:32].all() and not got["fc.weight"][:, 32:48].any()
+
+
+def test_installed_masks_are_read_and_the_model_is_left_unchanged():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    masks = find_masks(model, "random", density=0.3, seed=0)
+    apply_masks(model, masks)
+    before = copy.deepcopy(model.state_dict())
+    installed = effective_masks(model, x)
+    assert all(torch.equal(installed[n], m) for n, m in effective_masks(model, x, masks).items())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert parametrize.is_parametrized(model.conv1) and isinstance(model.maxpool, nn.MaxPool2d)
+    kept = sum(int(m.sum()) for m in masks.values())
+    effective = sum(int(m.sum()) for m in installed.values())
+    assert 0.5 * kept < effective <= kept
+    # At 32x32 the last stage runs on 1x1 maps, where a 3x3 convolution reads only its centre tap (the
+    # others see padding): 8/9 of its weights lie on no path.
+    small = effective_masks(model, torch.randn(2, 3, 32, 32))["layer4.1.conv2.weight"]
+    centre = torch.zeros(3, 3, dtype=torch.bool)
+    centre[1, 1] = True
+    assert small[:, :, 1, 1].any() and not (small & ~centre).any()
+    # Cutting the first convolution disconnects every weight from the input.
+    cut = {**masks, "conv1.weight": torch.zeros_like(masks["conv1.weight"])}
+    assert not any(m.any() for m in effective_masks(model, x, cut).values())
+
+
+def test_sparsity_report_counts_effective_weights():
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    apply_masks(
+        model,
+        {
+            "0.weight": torch.tensor([[1, 0], [0, 1], [0, 0]], dtype=torch.bool),
+            "2.weight": torch.tensor([[1, 0, 1]], dtype=torch.bool),
+        },
+    )
+    report = sparsity_report(model, torch.zeros(1, 2))
+    assert report["layers"]["0.weight"]["effective"] == 1 and report["layers"]["2.weight"]["effective"] == 1
+    assert report["effective"] == 2 and report["effective_density"] == pytest.approx(2 / 9)
+    assert "effective" not in sparsity_report(model)
+
+
+def test_bad_input_is_named():
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    with pytest.raises(ValueError, match="no masks installed"):
+        effective_masks(model, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="no masks installed"):
+        sparsity_report(model, torch.zeros(1, 2))
+    masks = {"0.weight": torch.ones(3, 2, dtype=torch.bool)}
+    with pytest.raises(TypeError, match="example_input must be a floating-point tensor"):
+        effective_masks(model, torch.zeros(1, 2, dtype=torch.long), masks)
+    with pytest.raises(ValueError, match=r"does not have: \['1.weight'\]"):
+        effective_masks(model, torch.zeros(1, 2), {"1.weight": torch.ones(3, 3, dtype=torch.bool)})
+    layer_norm = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1))
+    with pytest.warns(UserWarning, match="LayerNorm '1' is not made the identity"):
+        effective_masks(layer_norm, torch.zeros(1, 2), masks)
+    assert get_masks(model) == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on BatchNorm networks
+        effective_masks(
+            _ConvNet(), torch.zeros(1, 3, 8, 8), {"conv.weight": torch.ones(4, 3, 3, 3, dtype=torch.bool)}
+        )
