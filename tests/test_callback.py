@@ -25,7 +25,7 @@ from callback_helpers import (
 
 import px_lightning
 from px_lightning.callbacks import ForesightPruningCallback
-from px_lightning.pruning import find_masks, get_masks
+from px_lightning.pruning import effective_masks, find_masks, get_masks
 
 
 def _expected_kept(total: int, density: float) -> int:
@@ -89,6 +89,11 @@ def test_fit_sgd_density_zero_weights_and_logged_densities(tmp_path):
     for name, mask in masks.items():
         values = events.Scalars(f"pruning/density/{name}")
         assert values[0].value == pytest.approx(float(mask.float().mean()), abs=1e-6)
+    # The effective density: kept weights on an input-output path of the masked network, at most the density.
+    effective_kept = sum(int(m.sum()) for m in effective_masks(module, make_tensors(2).tensors[0]).values())
+    assert 0 < effective_kept <= kept and callback.report["effective"] == effective_kept
+    logged = events.Scalars("pruning/effective_density")[0].value
+    assert logged == pytest.approx(effective_kept / total, abs=1e-6)
 
 
 def test_fit_adam_accumulation_clipping_bf16(tmp_path, capsys):
@@ -176,6 +181,8 @@ def test_progress_bar_respects_enable_progress_bar_and_table_printed(tmp_path, c
     assert "Per-layer density (masks)" in table and "net.hidden.weight" in table
     total = next(line for line in table.splitlines() if line.startswith("total"))
     assert float(total.split()[-1]) == pytest.approx(callback.report["density"], abs=1e-4)
+    effective = callback.report["effective_density"]
+    assert f"effective density {effective:.4f} ({callback.report['effective']} of the" in table
 
 
 def test_scoring_dataloader_is_preferred(tmp_path):

@@ -294,7 +294,10 @@ class ForesightPruningCallback(Callback):
             other published sanity check).
         make_permanent: At fit end remove the parametrizations, leaving plain weights with the pruned
             entries at exactly zero.
-        verbose: Print the per-layer density table (rank zero) after pruning.
+        verbose: Print the per-layer density table (rank zero) after pruning, and the effective density
+            (``effective_masks``: kept weights on an input-to-output path), which is also logged as
+            ``pruning/effective_density`` when the callback scored (not on resume) a network whose
+            normalisation layers are BatchNorm.
         method_options: Options of the scoring method, e.g. ``{"kernel_norm": "eval"}`` for PX or
             ``{"seed": 0}`` for random; or keyed by method name, ``{"px": {"head": "body"}}``, so that only
             the chosen method's options apply (a config can state PX's options and still switch ``method``
@@ -427,6 +430,7 @@ class ForesightPruningCallback(Callback):
         self._loader = _PlainKeyLoader()
         self._hook_handle = None
         self._source = ""
+        self._example: Tensor | None = None  # one scoring input (CPU), for the effective density
         self._module_id: int | None = None  # the module of the last fit (same module: masks kept)
         self._dense_checkpoint: dict | None = None  # a resumed checkpoint without masks, until fit start
         self._state_hook = None  # spawn workers only: state_dict() gives plain keys after the fit
@@ -527,7 +531,8 @@ class ForesightPruningCallback(Callback):
             if dense is not None:
                 self._match_dense_optimizer_states(trainer, pl_module, dense)
         _zero_pruned(pl_module, self._names)
-        self.report = sparsity_report(pl_module)
+        example, self._example = self._example, None
+        self.report = sparsity_report(pl_module, _effective_input(pl_module, example))
         self._log(trainer)
 
     def _resolve_bn_warmup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -639,6 +644,9 @@ class ForesightPruningCallback(Callback):
                     f"scoring batches must be (inputs, targets) pairs or input tensors; {self._source} gave a "
                     f"{type(batch).__name__}: give the datamodule a scoring_dataloader() yielding pairs"
                 )
+        if batches:
+            first = batches[0] if isinstance(batches[0], Tensor) else batches[0][0]
+            self._example = first[:1].detach().cpu()
         return batches
 
     def _progress_bar(self, trainer: pl.Trainer):
@@ -663,10 +671,17 @@ class ForesightPruningCallback(Callback):
         report = self.report
         metrics = {"pruning/density": report["density"]}
         metrics.update({f"pruning/density/{n}": v["density"] for n, v in report["layers"].items()})
+        if "effective_density" in report:
+            metrics["pruning/effective_density"] = report["effective_density"]
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
             rank_zero_info(density_table(trainer.lightning_module))
+            if "effective_density" in report:
+                rank_zero_info(
+                    f"ForesightPruningCallback: effective density {report['effective_density']:.4f} "
+                    f"({report['effective']} of the {report['kept']} kept weights lie on an input-output path)"
+                )
 
     def _match_dense_optimizer_states(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -898,6 +913,15 @@ def _check_same_batches(batches: Sequence) -> None:
             "mix different data: give the datamodule a deterministic scoring_dataloader(), seed the run "
             "(seed_everything), or set distributed_scoring='replicate'"
         )
+
+
+def _effective_input(module: nn.Module, example: Tensor | None) -> Tensor | None:
+    """The input for ``sparsity_report``'s effective counts, or None where they would not be exact."""
+    if example is None or not example.is_floating_point():
+        return None  # not scored here (restored masks, density 1, data-free methods), or token inputs
+    # effective_masks makes BatchNorm the identity; other normalisation layers would blur the count.
+    other = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.instancenorm._InstanceNorm)
+    return None if any(isinstance(m, other) for m in module.modules()) else example
 
 
 def density_table(model: nn.Module) -> str:
