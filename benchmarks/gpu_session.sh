@@ -10,6 +10,7 @@
 #   scoring_resnet50.json    one PX round of torchvision resnet50, 10 x 64 at 224: API vs published structure
 #   threshold_resnet50.json  the global threshold on resnet50's 25.5M scores
 #   gpu_callback.json        ForesightPruningCallback fit: scoring on the GPU, masked/dense step time
+#   precision_resnet50.json  PX scores and masks with TF32, without, and in float64 (10 rounds)
 #   log.txt                  everything printed, with the tests that need a CUDA device (skipped on a CPU)
 set -u
 cd "$(dirname "$0")/.."
@@ -35,11 +36,13 @@ step() {  # step NAME SECONDS COMMAND...
 cat "$out/env.txt"
 
 {
-  step scoring 150 "$py" benchmarks/scoring.py --model resnet50 --device cuda --repeats 5 \
+  step scoring 120 "$py" benchmarks/scoring.py --model resnet50 --device cuda --repeats 5 \
     --json "$out/scoring_resnet50.json"
   step threshold 60 "$py" benchmarks/scoring.py --model resnet50 --threshold --device cuda --repeats 5 \
     --no-memory --json "$out/threshold_resnet50.json"
-  step callback 300 "$py" benchmarks/gpu_callback.py --out "$out/gpu_callback.json"
+  step callback 240 "$py" benchmarks/gpu_callback.py --out "$out/gpu_callback.json"
+  step precision 120 "$py" benchmarks/gpu_precision.py --rounds 10 --repeats 3 \
+    --json "$out/precision_resnet50.json"
   step contracts 60 "$py" -m pytest -q -p no:cacheprovider tests/test_design_contracts.py \
     -k moved_to_the_models_device
 } 2>&1 | tee "$out/log.txt"
