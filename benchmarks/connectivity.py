@@ -129,10 +129,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=5)
     parser.add_argument("--layers", action="store_true", help="also print per-layer effective fractions")
+    parser.add_argument(
+        "--accuracy-steps",
+        type=int,
+        help="join each run with its test accuracy at this training length in quality.py's results and "
+        "print the rank correlation of accuracy with each connectivity measure, per density",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = quality.digits()
     x_train, y_train = data[0], data[1]
+    accuracy = _accuracies(args.accuracy_steps) if args.accuracy_steps else {}
+    joined: dict[tuple, list[tuple]] = {}
     for model_name in args.models:
         for density in args.densities:
             print(f"\n{model_name}, d={density}: effective share of the kept weights (mean over seeds)")
@@ -173,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
                         for k in ("effective", "input_only", "output_only", "isolated")
                     }
                     totals.append({**share, "width": width, "log10_paths": math.log10(max(paths, 1.0))})
+                    acc = accuracy.get((model_name, method_name, density, seed))
+                    if acc is not None:
+                        joined.setdefault((model_name, density), []).append((acc, totals[-1]))
                     for n, c in counts.items():
                         if c["kept"]:
                             layers.setdefault(n, []).append(c["effective"] / c["kept"])
@@ -188,6 +199,47 @@ def main(argv: list[str] | None = None) -> None:
                         print(
                             f"      {n:30s} {100 * statistics.mean(v):5.1f}% (layer kept in {len(v)} seeds)"
                         )
+
+    for (model_name, density), rows in joined.items():
+        accs = [a for a, _ in rows]
+        line = ", ".join(
+            f"{k} {_spearman(accs, [t[k] for _, t in rows]):+.2f}"
+            for k in ("effective", "width", "log10_paths")
+        )
+        print(
+            f"\n{model_name}, d={density}: Spearman correlation with test accuracy ({len(rows)} runs): {line}"
+        )
+
+
+def _accuracies(steps: int) -> dict[tuple, float]:
+    out = {}
+    for record in quality.load(quality.OUT):
+        if "accuracy" in record and quality._steps(record) == steps:
+            out[(record["model"], record["method"], record["density"], record["seed"])] = record["accuracy"]
+    return out
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):  # ties share their mean rank
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (sx * sy) if sx and sy else float("nan")
 
 
 if __name__ == "__main__":
