@@ -131,6 +131,9 @@ def test_bad_input_is_named():
         effective_masks(model, torch.zeros(1, 2, dtype=torch.long), masks)
     with pytest.raises(ValueError, match=r"does not have: \['1.weight'\]"):
         effective_masks(model, torch.zeros(1, 2), {"1.weight": torch.ones(3, 3, dtype=torch.bool)})
+    no_stats = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(3, 1))
+    with pytest.raises(ValueError, match="effective_masks needs BatchNorm running statistics, but '1' has"):
+        effective_masks(no_stats, torch.zeros(1, 2), masks)
     layer_norm = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1))
     with pytest.warns(UserWarning, match="LayerNorm '1' is not made the identity"):
         effective_masks(layer_norm, torch.zeros(1, 2), masks)
@@ -140,3 +143,15 @@ def test_bad_input_is_named():
         effective_masks(
             _ConvNet(), torch.zeros(1, 3, 8, 8), {"conv.weight": torch.ones(4, 3, 3, 3, dtype=torch.bool)}
         )
+
+
+def test_the_callback_reports_effective_counts_only_where_they_are_exact():
+    from px_lightning.callbacks.foresight import _effective_input
+
+    x = torch.zeros(1, 2)
+    plain = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1))
+    assert _effective_input(plain, x) is x
+    assert _effective_input(plain, None) is None  # masks restored, not scored: no scoring input
+    assert _effective_input(plain, torch.zeros(1, 2, dtype=torch.long)) is None  # token inputs
+    for norm in (nn.LayerNorm(3), nn.GroupNorm(1, 3), nn.InstanceNorm1d(3)):
+        assert _effective_input(nn.Sequential(nn.Linear(2, 3), norm, nn.Linear(3, 1)), x) is None

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..pruning import apply_masks, find_masks, get_masks, prunable_parameters, remove_masks, sparsity_report
+from ..pruning.connectivity import unmodelled_norms
 from ..pruning.masks import WeightMask
 from ..pruning.schedule import flatten_named, split_like
 from ..pruning.scorers import SCORERS, PXScorer, Scorer, get_scorer
@@ -918,10 +919,8 @@ def _check_same_batches(batches: Sequence) -> None:
 def _effective_input(module: nn.Module, example: Tensor | None) -> Tensor | None:
     """The input for ``sparsity_report``'s effective counts, or None where they would not be exact."""
     if example is None or not example.is_floating_point():
-        return None  # not scored here (restored masks, density 1, data-free methods), or token inputs
-    # effective_masks makes BatchNorm the identity; other normalisation layers would blur the count.
-    other = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.instancenorm._InstanceNorm)
-    return None if any(isinstance(m, other) for m in module.modules()) else example
+        return None  # not scored here (restored masks, density 1, no scoring data), or token inputs
+    return None if unmodelled_norms(module) else example
 
 
 def density_table(model: nn.Module) -> str:

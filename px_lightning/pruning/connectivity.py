@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .masks import get_masks, plain_copy
 from .scorers.base import model_output
-from .scorers.px import _GateMode
+from .scorers.px import _GateMode, _identity_norms
 
 _MAX_TO_AVG = {
     nn.MaxPool1d: nn.AvgPool1d,
@@ -54,34 +54,33 @@ def _average_pool(pool: nn.Module) -> nn.Module:
     return _MAX_TO_AVG[type(pool)](pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
 
 
+def unmodelled_norms(model: nn.Module) -> list[str]:
+    """Normalisation layers ``effective_masks`` cannot make the identity (it does so for BatchNorm): they
+    subtract a mean, so a unit's 0/1 reach no longer says whether the input reaches it."""
+    other = (nn.modules.instancenorm._InstanceNorm, nn.LayerNorm, nn.GroupNorm)
+    return [name for name, m in model.named_modules() if isinstance(m, other)]
+
+
 def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     net = plain_copy(model).to(dtype).eval()
     for name, module in list(net.named_modules()):
         if type(module) in _MAX_TO_AVG:
             parent, _, attr = name.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, attr, _average_pool(module))
+    identity = _identity_norms(net, "effective_masks", "")  # BatchNorm statistics and affine parameters
+    for name in unmodelled_norms(net):
+        warnings.warn(
+            f"effective_masks: {type(net.get_submodule(name)).__name__} {name!r} is not made the identity "
+            "(only BatchNorm is), so units after it count as reached whatever the weights before it",
+            stacklevel=3,
+        )
     with torch.no_grad():
-        for name, module in net.named_modules():
+        for module in net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if module.running_var is None:
-                    raise ValueError(
-                        f"effective_masks needs BatchNorm running statistics, but {name!r} has "
-                        "track_running_stats=False"
-                    )
-                module.running_mean.zero_()
-                module.running_var.fill_(1 - module.eps)  # 1 / sqrt(var + eps) = 1
-                if module.affine:
-                    module.weight.fill_(1.0)
-                    module.bias.zero_()
-                continue
-            if isinstance(module, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm):
-                warnings.warn(
-                    f"effective_masks: {type(module).__name__} {name!r} is not made the identity (only "
-                    "BatchNorm is), so units after it count as reached whatever the weights before it",
-                    stacklevel=3,
-                )
+                continue  # the identity, loaded below
             for attr, p in module.named_parameters(recurse=False):
                 p.copy_(torch.zeros_like(p) if attr == "bias" else (p != 0).to(dtype))
+        net.load_state_dict(identity, strict=False)
     return net
 
 
@@ -114,8 +113,8 @@ def effective_masks(
             f"got {type(example_input).__name__}"
             + (f" of dtype {example_input.dtype}" if isinstance(example_input, Tensor) else "")
         )
-    params = dict(model.named_parameters())
-    unknown = [n for n in masks if n not in params and n not in get_masks(model)]
+    known = {n for n, _ in model.named_parameters()} | set(get_masks(model))
+    unknown = [n for n in masks if n not in known]
     if unknown:
         raise ValueError(f"effective_masks: masks name tensors the model does not have: {unknown}")
     device = next(iter(masks.values())).device

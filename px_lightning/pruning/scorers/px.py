@@ -231,14 +231,15 @@ def _mean_squares(layers, weights: dict, real: dict, real_head: str | None) -> d
     return out
 
 
-def _norms_with_statistics(net: nn.Module, option: str, alternative: str) -> list[tuple[str, nn.Module]]:
-    """The BatchNorm layers of ``net``, for an ``option`` that needs their running statistics."""
+def _norms_with_statistics(net: nn.Module, option: str, remedy: str) -> list[tuple[str, nn.Module]]:
+    """The BatchNorm layers of ``net``, for an ``option`` that needs their running statistics (``remedy``
+    ends the error message when one lacks them)."""
     norms = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for name, m in norms:
         if m.running_var is None:
             raise ValueError(
                 f"{option} needs BatchNorm running statistics, but {name!r} has "
-                f"track_running_stats=False; use {alternative} for this model"
+                f"track_running_stats=False{remedy}"
             )
     return norms
 
@@ -248,7 +249,9 @@ def _squared_norms(net: nn.Module, buffers: dict) -> dict[str, Tensor]:
     into ``x * (gamma / sqrt(running_var + eps))^2`` (no shift), the squared network's counterpart of the
     per-channel affine map ``gamma * (x - mean) / sigma + beta``."""
     out = {}
-    for name, m in _norms_with_statistics(net, "kernel_bn='squared'", "kernel_bn='affine'"):
+    for name, m in _norms_with_statistics(
+        net, "kernel_bn='squared'", "; use kernel_bn='affine' for this model"
+    ):
         var, mean = buffers[f"{name}.running_var"], buffers[f"{name}.running_mean"]
         root = (var + m.eps).sqrt()
         out[f"{name}.running_mean"] = torch.zeros_like(mean)
@@ -266,10 +269,13 @@ def _power_(t: Tensor, power: int) -> Tensor:
     return t.pow_(2) if power == 2 else t.abs_()
 
 
-def _identity_norms(net: nn.Module) -> dict[str, Tensor]:
-    """``data_bn="identity"``: parameters and buffers that make each eval-mode BatchNorm pass ``x`` unchanged."""
+def _identity_norms(
+    net: nn.Module, option: str = "data_bn='identity'", remedy: str = "; use data_bn='train' for this model"
+) -> dict[str, Tensor]:
+    """Parameters and buffers that make each eval-mode BatchNorm of ``net`` pass ``x`` unchanged
+    (``data_bn="identity"``; ``effective_masks``' connectivity copy)."""
     out = {}
-    for name, m in _norms_with_statistics(net, "data_bn='identity'", "data_bn='train'"):
+    for name, m in _norms_with_statistics(net, option, remedy):
         out[f"{name}.running_mean"] = torch.zeros_like(m.running_mean)
         out[f"{name}.running_var"] = torch.full_like(m.running_var, 1 - m.eps)  # 1 / sqrt(var + eps) = 1
         if m.affine:
