@@ -24,7 +24,7 @@ from .masks import (
     sparsity_report,
     warn_collapsed,
 )
-from .schedule import _check_dense_budget, _threshold, density_schedule, threshold_masks
+from .schedule import _check_dense_budget, _check_scope, _threshold, density_schedule, threshold_masks
 from .scorers import (
     GraSPScorer,
     MagnitudeScorer,
@@ -166,8 +166,7 @@ def find_masks(
         rounds = scorer.default_rounds
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
-    if scope not in ("global", "local"):
-        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+    _check_scope(scope)
     densities = density_schedule(density, rounds, schedule)
     targets = prunable_parameters(model, include, exclude)
     weights = _effective_weights(model, list(targets))

@@ -81,14 +81,19 @@ def _threshold(
 ) -> dict[str, Tensor]:
     # ``threshold_masks``, where ``pruned`` (bool masks, False = pruned) makes pruned weights score -inf.
     # Each tensor's effective scores are made when read and dropped after: no full-size copy of them all.
-    if scope not in ("global", "local"):
-        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+    _check_scope(scope)
     views = {n: _view(s, None if pruned is None else pruned[n]) for n, s in scores.items()}
     if dense or layer_floor:
         return _threshold_with_constraints(scores, views, density, scope, dense, layer_floor)
     if scope == "local":
         return {n: _keep_above(view(), density) for n, view in views.items()}
     return _global_keep_above(scores, views, density)
+
+
+def _check_scope(scope: object) -> None:
+    """``scope`` must be ``"global"`` or ``"local"`` (``find_masks`` checks it before any early return)."""
+    if scope not in ("global", "local"):
+        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
 
 
 def _view(scores: Tensor, kept: Tensor | None) -> Callable[[], Tensor]:
@@ -192,13 +197,12 @@ def _kth_smallest(
     for shift in range(bits - _DIGIT, -1, -_DIGIT):
         hist = torch.zeros(1 << _DIGIT, dtype=torch.int64, device=device)
         for chunk in chunks():
-            key = _order_keys(chunk)
             if lo is None:
-                digit = (key >> shift) + (1 << (_DIGIT - 1))  # the signed top bits, offset to 0..65535
+                digit = (_order_keys(chunk) >> shift) + (1 << (_DIGIT - 1))  # signed top bits, to 0..65535
             else:
-                digit = (key[(key >= lo) & (key <= hi)] >> shift) & ((1 << _DIGIT) - 1)
+                digit = (_keys_between(chunk, lo, hi) >> shift) & ((1 << _DIGIT) - 1)
             hist += torch.bincount(digit, minlength=1 << _DIGIT)
-            del chunk, key, digit  # before the next chunk is made
+            del chunk, digit  # before the next chunk is made
         below = hist.cumsum(0)
         b = int(torch.searchsorted(below, k))  # the first bin whose cumulative count reaches k
         if b:
