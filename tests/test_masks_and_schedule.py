@@ -349,7 +349,7 @@ def test_scoring_batches_are_moved_to_the_device_once_keeping_their_structure():
     # find_masks copies the batches to an accelerator once for all rounds; "meta" stands in for a GPU here.
     from collections import namedtuple
 
-    from px_lightning.pruning import _on_device
+    from px_lightning.pruning.search import _on_device
 
     Pair = namedtuple("Pair", "inputs targets")
     x, y = torch.randn(2, 3), torch.tensor([0, 1])

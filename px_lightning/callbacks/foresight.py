@@ -37,12 +37,20 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..pruning import apply_masks, find_masks, get_masks, prunable_parameters, remove_masks, sparsity_report
+from ..pruning import (
+    apply_masks,
+    density_table,
+    find_masks,
+    get_masks,
+    prunable_parameters,
+    remove_masks,
+    sparsity_report,
+)
 from ..pruning.connectivity import unmodelled_norms
 from ..pruning.masks import WeightMask
 from ..pruning.schedule import flatten_named, split_like
 from ..pruning.scorers import SCORERS, PXScorer, Scorer, get_scorer
-from ..pruning.targets import _as_patterns
+from ..pruning.targets import as_patterns
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -418,8 +426,8 @@ class ForesightPruningCallback(Callback):
         self.schedule = schedule
         self.num_batches = num_batches
         # As find_masks reads them: a single string is one pattern, not a sequence of one-letter patterns.
-        self.include = _as_patterns(include, "include") or None
-        self.exclude = _as_patterns(exclude, "exclude") or None
+        self.include = as_patterns(include, "include") or None
+        self.exclude = as_patterns(exclude, "exclude") or None
         self.reinit = reinit
         self.reshuffle = reshuffle
         self.make_permanent = make_permanent
@@ -921,36 +929,3 @@ def _effective_input(module: nn.Module, example: Tensor | None) -> Tensor | None
     if example is None or not example.is_floating_point():
         return None  # not scored here (restored masks, density 1, no scoring data), or token inputs
     return None if unmodelled_norms(module) else example
-
-
-def density_table(model: nn.Module) -> str:
-    """A per-layer density table of ``model``: kept / total weights of each prunable tensor.
-
-    Reads the masks when the model carries them; on a model without masks (dense, or masks made
-    permanent) it counts the non-zero entries of each prunable weight instead, so the table always
-    says what the model really is. The callback prints it after pruning; ``px-lightning`` after ``test``.
-
-    Example:
-        >>> print(density_table(model))
-    """
-    if get_masks(model):
-        report = sparsity_report(model)
-        rows = [(n, r["kept"], r["total"]) for n, r in report["layers"].items()]
-        source = "masks"
-    else:
-        rows = []
-        for name, (module, attr) in prunable_parameters(model).items():
-            weight = getattr(module, attr)
-            rows.append((name, int((weight != 0).sum()), weight.numel()))
-        source = "non-zero weights (no masks on the model)"
-    width = max([len("layer")] + [len(n) for n, _, _ in rows])
-    lines = [
-        f"Per-layer density ({source})",
-        f"{'layer':<{width}}  {'kept':>10}  {'total':>10}  {'density':>8}",
-    ]
-    for name, kept, total in rows:
-        lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {kept / total:>8.4f}")
-    kept = sum(r[1] for r in rows)
-    total = sum(r[2] for r in rows)
-    lines.append(f"{'total':<{width}}  {kept:>10}  {total:>10}  {kept / max(total, 1):>8.4f}")
-    return "\n".join(lines)

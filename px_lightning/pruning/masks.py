@@ -1,4 +1,4 @@
-"""The mask parametrization: install, read, remove, report.
+"""The mask parametrization: install, read, remove.
 
 A mask is a boolean buffer inside a ``torch.nn.utils.parametrize`` parametrization, so the effective
 weight is ``original * mask`` in every forward pass, gradients of pruned entries are zero, and the
@@ -53,7 +53,14 @@ class WeightMask(nn.Module):
         return weight * self.mask.to(weight.dtype)
 
 
-def _module_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+def module_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding the tensor ``name`` (a plain parameter name) and the tensor's attribute name.
+
+    Raises a ``KeyError`` naming ``name`` when ``model`` has no such tensor.
+
+    Example:
+        >>> module, attr = module_and_attr(model, "layer1.0.conv1.weight")  # (the Conv2d, "weight")
+    """
     module_name, _, attr = name.rpartition(".")
     try:
         module = model.get_submodule(module_name) if module_name else model
@@ -98,7 +105,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
         raise TypeError(f"masks must be a dict {{param_name: bool Tensor}}, got {type(masks).__name__}")
     checked = []
     for name, mask in masks.items():
-        module, attr = _module_and_attr(model, name)
+        module, attr = module_and_attr(model, name)
         mask = _bool_mask(mask, f"masks[{name!r}]")
         shape = getattr(module, attr).shape
         if tuple(mask.shape) != tuple(shape):
@@ -138,46 +145,6 @@ def remove_masks(model: nn.Module) -> nn.Module:
                     )
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
-
-
-def sparsity_report(model: nn.Module, example_input: Tensor | None = None) -> dict:
-    """Per-layer and total kept/total counts of the masked tensors.
-
-    Returns ``{"layers": {name: {"kept", "total", "density", "collapsed"}}, "kept", "total", "density"}``;
-    a layer with no weight kept is flagged ``collapsed``. With ``example_input`` (a batch of the model's
-    inputs, for its shape), each layer also gets ``"effective"``, its kept weights on an input-to-output
-    path, and the report ``"effective"`` and ``"effective_density"`` (``effective_masks``).
-
-    Example:
-        >>> report = sparsity_report(model); report["density"]
-        >>> sparsity_report(model, x)["effective_density"]
-    """
-    masks = get_masks(model)
-    layers = {}
-    for name, mask in masks.items():
-        kept, total = int(mask.sum()), mask.numel()
-        layers[name] = {"kept": kept, "total": total, "density": kept / total, "collapsed": kept == 0}
-    kept = sum(v["kept"] for v in layers.values())
-    total = sum(v["total"] for v in layers.values())
-    report = {"layers": layers, "kept": kept, "total": total, "density": kept / total if total else 1.0}
-    if example_input is not None:
-        from .connectivity import effective_masks  # connectivity builds on this module
-
-        for name, effective in effective_masks(model, example_input).items():
-            layers[name]["effective"] = int(effective.sum())
-        report["effective"] = sum(v["effective"] for v in layers.values())
-        report["effective_density"] = report["effective"] / total
-    return report
-
-
-def warn_collapsed(masks: dict[str, Tensor], method: str) -> list[str]:
-    """Warn, naming them, about layers whose mask keeps nothing (layer collapse); return their names."""
-    collapsed = [n for n, m in masks.items() if not bool(m.any())]
-    if collapsed:
-        warnings.warn(
-            f"{method} pruned these layers entirely (layer collapse): {', '.join(collapsed)}", stacklevel=3
-        )
-    return collapsed
 
 
 def plain_copy(model: nn.Module) -> nn.Module:

@@ -8,19 +8,29 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .validation import check_density, check_rounds, check_schedule, check_scope, pruned_count
+
 
 def density_schedule(density: float, rounds: int, kind: str = "exponential") -> list[float]:
-    """Density after each round: ``density ** ((r + 1) / rounds)`` (published) or linear."""
+    """Density after each round: ``density ** ((r + 1) / rounds)`` (published) or linear.
+
+    ``density`` in (0, 1], ``rounds`` an integer >= 1, ``kind`` ``"exponential"`` or ``"linear"``.
+
+    Example:
+        >>> density_schedule(0.01, 2)
+        [0.1, 0.01]
+    """
+    density = check_density(density)
+    rounds = check_rounds(rounds)
+    check_schedule(kind)
     if kind == "exponential":
         return [density ** ((r + 1) / rounds) for r in range(rounds)]
-    if kind == "linear":
-        return [1.0 - (1.0 - density) * (r + 1) / rounds for r in range(rounds)]
-    raise ValueError(f"schedule must be 'exponential' or 'linear', got {kind!r}")
+    return [1.0 - (1.0 - density) * (r + 1) / rounds for r in range(rounds)]
 
 
 def _keep_above(scores: Tensor, density: float) -> Tensor:
     # As published: k = int((1 - d) * n), threshold = k-th smallest score, keep scores strictly above it.
-    k = int((1.0 - density) * scores.numel())
+    k = pruned_count(scores.numel(), density)
     if k < 1:
         return torch.ones_like(scores, dtype=torch.bool)
     threshold = torch.kthvalue(scores.flatten(), k).values
@@ -52,6 +62,7 @@ def threshold_masks(
     *,
     dense: Sequence[str] = (),
     layer_floor: float = 0.0,
+    pruned: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Boolean masks keeping the top ``density`` of ``scores`` globally or per layer (on the scores' device).
 
@@ -64,36 +75,27 @@ def threshold_masks(
     scores strictly above it kept) found without concatenating all scores: extra memory is a few times
     the largest tensor, not the whole model's scores.
 
+    ``pruned`` (bool masks by name, False = already pruned) ranks the pruned weights last whatever they
+    score: with signed scores (GraSP) a pruned weight's 0 can rank above kept weights' negative scores.
+
     Example:
         >>> threshold_masks(scores, 0.01, dense=["fc.weight"], layer_floor=0.2)
     """
-    return _threshold(scores, density, scope, dense=dense, layer_floor=layer_floor)
-
-
-def _threshold(
-    scores: Mapping[str, Tensor],
-    density: float,
-    scope: str,
-    *,
-    dense: Sequence[str] = (),
-    layer_floor: float = 0.0,
-    pruned: Mapping[str, Tensor] | None = None,
-) -> dict[str, Tensor]:
-    # ``threshold_masks``, where ``pruned`` (bool masks, False = pruned) makes pruned weights score -inf.
+    density = check_density(density)
+    check_scope(scope)
+    if (
+        isinstance(layer_floor, bool)
+        or not isinstance(layer_floor, (int, float))
+        or not 0 <= layer_floor <= 1
+    ):
+        raise ValueError(f"layer_floor must be in [0, 1] (a fraction of the density), got {layer_floor!r}")
     # Each tensor's effective scores are made when read and dropped after: no full-size copy of them all.
-    _check_scope(scope)
     views = {n: _view(s, None if pruned is None else pruned[n]) for n, s in scores.items()}
     if dense or layer_floor:
         return _threshold_with_constraints(scores, views, density, scope, dense, layer_floor)
     if scope == "local":
         return {n: _keep_above(view(), density) for n, view in views.items()}
     return _global_keep_above(scores, views, density)
-
-
-def _check_scope(scope: object) -> None:
-    """``scope`` must be ``"global"`` or ``"local"`` (``find_masks`` checks it before any early return)."""
-    if scope not in ("global", "local"):
-        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
 
 
 def _view(scores: Tensor, kept: Tensor | None) -> Callable[[], Tensor]:
@@ -109,7 +111,7 @@ def _global_keep_above(
 ) -> dict[str, Tensor]:
     # ``_keep_above`` of all scores as one vector (``like`` gives the shapes, dtypes and devices).
     n = sum(t.numel() for t in like.values())
-    k = int((1.0 - density) * n)
+    k = pruned_count(n, density)
     dtypes = {t.dtype for t in like.values()}
     devices = {t.device for t in like.values()}
     if len(dtypes) != 1 or len(devices) != 1 or next(iter(dtypes)) not in _BITS_AS_INT:
@@ -235,8 +237,6 @@ def _threshold_with_constraints(
     unknown = [n for n in dense if n not in scores]
     if unknown:
         raise ValueError(f"dense names {unknown} are not scored tensors; scored: {sorted(scores)[:20]}")
-    if not 0.0 <= layer_floor <= 1.0:
-        raise ValueError(f"layer_floor must be in [0, 1] (a fraction of the density), got {layer_floor!r}")
     out = {n: torch.ones_like(scores[n], dtype=torch.bool) for n in dense}
     rest = {n: s for n, s in scores.items() if n not in out}
     if not rest:
@@ -245,7 +245,7 @@ def _threshold_with_constraints(
         out.update({n: _keep_above(views[n](), density) for n in rest})
         return {n: out[n] for n in scores}
     size = sum(s.numel() for s in rest.values())
-    budget = _check_dense_budget(scores, density, dense)
+    budget = dense_budget(scores, density, dense)
     rest_views = {n: views[n] for n in rest}
     if layer_floor:
         # Reserve each tensor's best positive-scored weights (pruned weights score 0 and stay pruned), by
@@ -263,8 +263,14 @@ def _threshold_with_constraints(
     return {n: out[n] for n in scores}
 
 
-def _check_dense_budget(like: Mapping[str, Tensor], density: float, dense: Sequence[str]) -> float:
-    # The weights left to the other tensors when ``dense`` are kept whole at ``density``; raises if none.
+def dense_budget(like: Mapping[str, Tensor], density: float, dense: Sequence[str]) -> float:
+    """The weights left to the other tensors of ``like`` when ``dense`` are kept whole at ``density``.
+
+    Raises a ``ValueError`` when none are left (``find_masks`` checks it before any scoring).
+
+    Example:
+        >>> dense_budget(scores, 0.05, ["fc.weight"])
+    """
     total = sum(t.numel() for t in like.values())
     budget = density * total - sum(like[n].numel() for n in dense)
     if budget < 1:

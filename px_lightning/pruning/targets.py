@@ -26,8 +26,14 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p.rstrip(".") + ".") for p in patterns)
 
 
-def _as_patterns(patterns: str | Iterable[str] | None, argument: str) -> list[str]:
-    # A bare string is one pattern: iterating it would give one pattern per character.
+def as_patterns(patterns: str | Iterable[str] | None, argument: str) -> list[str]:
+    """``patterns`` as a list of name patterns: ``None`` is none, a ``str`` is one pattern (iterating it
+    would give one pattern per character); anything else must be an iterable of non-empty ``str``.
+
+    Example:
+        >>> as_patterns("layer1", "include")
+        ['layer1']
+    """
     if patterns is None:
         return []
     if isinstance(patterns, str):
@@ -89,7 +95,7 @@ def prunable_parameters(
         >>> targets = prunable_parameters(model, exclude=["fc"])
         >>> targets = prunable_parameters(model, include="layer1")  # one pattern as a str
     """
-    include, exclude = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     found: dict[str, tuple[nn.Module, str]] = {}
     for module_name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 
+from ..errors import UnknownOptionError
 from .base import Scorer
 from .grasp import GraSPScorer
 from .magnitude import MagnitudeScorer
@@ -28,11 +29,6 @@ SCORERS: dict[str, type[Scorer]] = {
     "snip": SNIPScorer,
     "synflow": SynFlowScorer,
 }
-
-
-class UnknownOptionError(ValueError, TypeError):
-    """An option the method does not take. A ``ValueError`` (a bad argument value of ``get_scorer``) and a
-    ``TypeError`` (what Python raises for an unexpected keyword argument), so either ``except`` catches it."""
 
 
 def scorer_options(cls: type[Scorer]) -> list[str] | None:

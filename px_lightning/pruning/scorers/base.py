@@ -63,17 +63,42 @@ def model_output(out) -> Tensor:
 
 
 class Scorer:
-    """Base class of scoring methods.
+    """Base class of scoring methods: the one extension point of the pruning layer.
 
-    ``score`` receives the plain model, the prunable tensor names, the current masks (same names, bool)
-    and the scoring batches, and returns ``{name: Tensor}`` of non-negative-or-signed scores, higher is
-    kept. It must leave ``model`` as it found it. ``one_shot`` scorers default to a single round
-    (``default_rounds``).
+    ``score`` receives the plain model, the prunable tensors' current (unmasked) values by name, the
+    current masks (same names, bool) and the scoring batches, and returns ``{name: Tensor}`` of
+    non-negative-or-signed scores, higher is kept. It must leave ``model`` as it found it.
+
+    What callers need to know about a method it declares here, rather than callers testing for its class:
+    ``one_shot`` (a single round by default, ``default_rounds``), ``needs_data`` (whether ``batches`` may
+    be empty), ``additive`` (whether scores add over batches, so data-parallel ranks may score shares) and
+    ``thresholding`` (constraints the method asks of the threshold).
+
+    Example:
+        >>> class RowIndex(Scorer):
+        ...     name, needs_data = "row", False
+        ...     def score(self, model, weights, masks, batches, loss_fn=None):
+        ...         return {n: torch.arange(w.numel(), dtype=w.dtype).view_as(w) for n, w in weights.items()}
+        >>> find_masks(model, RowIndex(), density=0.5)
     """
 
     name: str = "scorer"
     one_shot: bool = True
     needs_data: bool = True
+
+    @property
+    def additive(self) -> bool:
+        """Whether one round's scores are the sum of the scores of each scoring batch alone (up to float
+        round-off), so data-parallel ranks can each score a share of the batches and sum the scores. False
+        unless a scorer declares it (a normalised or non-linear function of the batch is not additive)."""
+        return False
+
+    def thresholding(self, weights: dict[str, Tensor], model: nn.Module) -> dict:
+        """Keyword arguments for ``threshold_masks`` (``dense``, ``layer_floor``) this scorer asks for.
+
+        Known before any scoring, so ``find_masks`` can refuse an infeasible request first. None by default.
+        """
+        return {}
 
     @property
     def default_rounds(self) -> int:

@@ -346,6 +346,11 @@ class PXScorer(Scorer):
         self.layer_norm = layer_norm
         self.layer_floor, self.bn_warmup = float(layer_floor), bn_warmup
 
+    @property
+    def additive(self) -> bool:
+        # The BatchNorm warm-up reads all batches, and a per-layer sum normalises the total: neither adds.
+        return not self.bn_warmup and self.layer_norm == "none"
+
     def thresholding(self, weights: dict[str, Tensor], model: nn.Module) -> dict:
         """Constraints for ``threshold_masks``: the head kept dense and/or a per-layer floor.
 

@@ -1,0 +1,87 @@
+"""Each argument is checked by the lowest public function that reads it, with a message naming it."""
+
+import pytest
+import torch
+from torch import nn
+
+from px_lightning.pruning import density_schedule, find_masks, threshold_masks
+from px_lightning.pruning.validation import (
+    check_density,
+    check_positive_int,
+    check_rounds,
+    check_schedule,
+    check_scope,
+    check_sparsity,
+    pruned_count,
+)
+
+
+def _scores():
+    return {"a.weight": torch.rand(4, 5), "b.weight": torch.rand(3)}
+
+
+def _net():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("density", [-0.1, 0.0, 1.5, float("nan"), True, "0.1", None])
+def test_threshold_masks_refuses_a_density_outside_0_1(density):
+    with pytest.raises(ValueError, match=r"density must be a number in \(0, 1\]"):
+        threshold_masks(_scores(), density)
+
+
+def test_threshold_masks_refuses_a_bad_scope_and_layer_floor():
+    with pytest.raises(ValueError, match="scope must be 'global' or 'local', got 'layer'"):
+        threshold_masks(_scores(), 0.5, "layer")
+    with pytest.raises(ValueError, match="layer_floor must be in"):
+        threshold_masks(_scores(), 0.5, layer_floor=1.5)
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [((-0.5, 2), "density"), ((1.5, 2), "density"), ((0.5, 0), "rounds"), ((0.5, True), "rounds")],
+)
+def test_density_schedule_refuses_bad_values(args, word):
+    with pytest.raises(ValueError, match=f"{word} must be"):
+        density_schedule(*args)
+
+
+def test_density_schedule_refuses_an_unknown_kind():
+    with pytest.raises(ValueError, match="schedule must be 'exponential' or 'linear', got 'cosine'"):
+        density_schedule(0.5, 2, "cosine")
+
+
+def test_density_schedule_values():
+    assert density_schedule(0.01, 2) == pytest.approx([0.1, 0.01])
+    assert density_schedule(0.2, 4, "linear") == pytest.approx([0.8, 0.6, 0.4, 0.2])
+
+
+@pytest.mark.parametrize("rounds", [True, 0, -1, 2.0, "3"])
+def test_find_masks_refuses_bad_rounds(rounds):
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1"):
+        find_masks(_net(), "magnitude", density=0.5, rounds=rounds)
+
+
+def test_find_masks_takes_none_rounds_as_the_methods_default():
+    masks = find_masks(_net(), "magnitude", density=0.5, rounds=None)
+    assert sum(int(m.sum()) for m in masks.values()) == 48 - pruned_count(48, 0.5)
+
+
+def test_the_shared_checks():
+    assert check_density(1) == 1.0 and isinstance(check_density(1), float)
+    assert check_sparsity(0.0) == 0.0
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+        check_sparsity(1.0)
+    assert check_rounds(None, allow_none=True) is None
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1, got None"):
+        check_rounds(None)
+    with pytest.raises(ValueError, match="num_batches must be an integer >= 1, got 0"):
+        check_positive_int(0, "num_batches")
+    assert check_scope("local") == "local" and check_schedule("linear") == "linear"
+
+
+@pytest.mark.parametrize(
+    "n, density, expected", [(10, 0.25, 7), (1000, 0.05, 950), (7, 1.0, 0), (3, 0.01, 2)]
+)
+def test_pruned_count_is_the_published_formula(n, density, expected):
+    assert pruned_count(n, density) == expected
