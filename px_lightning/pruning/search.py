@@ -129,6 +129,9 @@ def find_masks(
     exclude: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     reduce_scores: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    reshuffle: bool = False,
+    invert: bool = False,
+    generator: torch.Generator | None = None,
     **options,
 ) -> dict[str, Tensor]:
     """Iteratively prune to ``density``: each round scores the masked network and thresholds.
@@ -141,13 +144,27 @@ def find_masks(
     than one round, batches on the host are copied to the model's accelerator once for all rounds when they
     fit in a quarter of its free memory.
 
+    The sanity checks of the pruning-at-initialisation literature (Frankle et al., ICLR 2021) keep each
+    tensor's number of kept weights and change which ones: ``reshuffle=True`` permutes each tensor's mask
+    at random (``generator`` seeds it), ``invert=True`` keeps each tensor's lowest-scored weights instead
+    of its highest, ranked by the first round's scores (those of the masks the search starts from). A
+    method whose masks survive these without losing accuracy has learnt per-layer densities, not weights.
+
     Example:
         >>> masks = find_masks(model, "random", density=0.1, seed=0)
+        >>> shuffled = find_masks(model, "px", batches, density=0.05, reshuffle=True)
     """
     density = check_density(density)
     rounds = check_rounds(rounds, allow_none=True)
     check_scope(scope)
     check_schedule(schedule)
+    for argument, value in (("reshuffle", reshuffle), ("invert", invert)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{argument} must be True or False, got {value!r}")
+    if reshuffle and invert:
+        raise ValueError("reshuffle and invert are two different sanity checks: set one of them, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     scorer = get_scorer(method, **options)
     batches = _scoring_batches(batches, scorer)
     densities = density_schedule(density, scorer.default_rounds if rounds is None else rounds, schedule)
@@ -177,6 +194,7 @@ def find_masks(
         dense_budget(masks, density, constraints["dense"])
     if rounds > 1 and weights:
         batches = _on_device(batches, next(iter(weights.values())).device)
+    start_masks, first_scores = masks, None
     for done, round_density in enumerate(densities, start=1):
         with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
             scores = scorer.score(model, weights, masks, batches, loss_fn)
@@ -194,6 +212,8 @@ def find_masks(
         new = threshold_masks(
             scores, round_density, scope, pruned=masks if _signed(scores) else None, **constraints
         )
+        if invert and first_scores is None:
+            first_scores = scores  # kept for the inversion: the ranking of the starting masks
         del scores  # not alive during the next round's scoring
         # Continue from the current masks: a pruned weight never comes back, whatever a scorer returns.
         for n, m in new.items():
@@ -201,6 +221,28 @@ def find_masks(
         masks = new
         if progress is not None:
             progress(done, rounds)
+    if reshuffle:
+        masks = {n: _shuffled(m, start_masks[n], generator) for n, m in masks.items()}
+    if invert:
+        masks = {n: _lowest(first_scores[n], start_masks[n], int(m.sum())) for n, m in masks.items()}
     warn_collapsed(masks, scorer.name)
     warn_short(masks, density, scope, scorer.name, start_kept)
     return masks
+
+
+def _shuffled(mask: Tensor, start: Tensor, generator: torch.Generator | None) -> Tensor:
+    # The kept count moved to random positions among the weights the search could keep (a weight pruned
+    # before it started stays pruned, as in every other search).
+    allowed = start.to(mask.device).flatten().nonzero().flatten()
+    order = torch.randperm(allowed.numel(), generator=generator).to(mask.device)
+    out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    out[allowed[order[: int(mask.sum())]]] = True
+    return out.view_as(mask)
+
+
+def _lowest(scores: Tensor, start: Tensor, kept: int) -> Tensor:
+    # The ``kept`` lowest-scored weights among those the search could keep.
+    ranked = scores.flatten().masked_fill(~start.to(scores.device).flatten(), float("inf"))
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    out[torch.topk(ranked, kept, largest=False).indices] = True
+    return out.view_as(scores)
