@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .connectivity import effective_masks
+from .errors import ZeroScoresError
 from .masks import (
     WeightMask,
     _module_and_attr,
@@ -25,6 +26,7 @@ from .masks import (
     warn_collapsed,
 )
 from .schedule import _check_dense_budget, _check_scope, _threshold, density_schedule, threshold_masks
+from .reports import density_table
 from .scorers import (
     GraSPScorer,
     MagnitudeScorer,
@@ -200,10 +202,11 @@ def find_masks(
             scores = reduce_scores(scores)
         _check_scores(scores, scorer.name)
         if all(not bool(s.any()) for s in scores.values()):
-            raise RuntimeError(
+            raise ZeroScoresError(
                 f"{scorer.name} scores are all zero, so every weight would be pruned; with PX this is what "
                 "kernel_norm='train' gives on BatchNorm networks (float round-off): use kernel_norm='eval', "
-                "or check that the scoring data is not all zeros"
+                "or check that the scoring data is not all zeros",
+                scorer.name,
             )
         # ``pruned``: pruned weights rank last without a copy of the scores (each tensor's is made in turn).
         new = _threshold(
@@ -255,9 +258,11 @@ __all__ = [
     "Scorer",
     "SynFlowScorer",
     "WeightMask",
+    "ZeroScoresError",
     "apply_masks",
     "compute_scores",
     "density_schedule",
+    "density_table",
     "effective_masks",
     "find_masks",
     "get_masks",

@@ -26,8 +26,15 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p.rstrip(".") + ".") for p in patterns)
 
 
-def _as_patterns(patterns: str | Iterable[str] | None, argument: str) -> list[str]:
-    # A bare string is one pattern: iterating it would give one pattern per character.
+def as_patterns(patterns: str | Iterable[str] | None, argument: str) -> list[str]:
+    """``patterns`` as a list of name patterns: ``None`` is none, a bare ``str`` is one pattern.
+
+    A bare string is one pattern: iterating it would give one pattern per character.
+
+    Example:
+        >>> as_patterns("net.fc", "exclude")
+        ['net.fc']
+    """
     if patterns is None:
         return []
     if isinstance(patterns, str):
@@ -89,7 +96,7 @@ def prunable_parameters(
         >>> targets = prunable_parameters(model, exclude=["fc"])
         >>> targets = prunable_parameters(model, include="layer1")  # one pattern as a str
     """
-    include, exclude = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     found: dict[str, tuple[nn.Module, str]] = {}
     for module_name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):

@@ -81,6 +81,13 @@ class Scorer:
         otherwise; a scorer whose authors publish another count overrides this."""
         return 1 if self.one_shot else 100
 
+    @property
+    def additive(self) -> bool:
+        """Whether one round's scores are the sum of each batch's scores alone, so that data-parallel ranks
+        may score shares of the batches and sum them (the callback's ``distributed_scoring="auto"``).
+        False unless a scorer declares it."""
+        return False
+
     def score(
         self,
         model: nn.Module,

@@ -346,6 +346,12 @@ class PXScorer(Scorer):
         self.layer_norm = layer_norm
         self.layer_floor, self.bn_warmup = float(layer_floor), bn_warmup
 
+    @property
+    def additive(self) -> bool:
+        """PX's scores sum over batches, except when BatchNorm is warmed up on all of them (a share would see
+        other statistics) or each layer's scores are normalised by their sum (``layer_norm="sum"``)."""
+        return not self.bn_warmup and self.layer_norm != "sum"
+
     def thresholding(self, weights: dict[str, Tensor], model: nn.Module) -> dict:
         """Constraints for ``threshold_masks``: the head kept dense and/or a per-layer floor.
 
