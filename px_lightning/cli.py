@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 # The one per-layer table (the callback prints it after pruning); re-exported here for `cli.density_table`.
-from px_lightning.callbacks.foresight import density_table
+from px_lightning.pruning import density_table
 
 __all__ = ["PXLightningCLI", "cli_main", "density_table", "main"]
 

@@ -25,8 +25,8 @@ from .masks import (
     sparsity_report,
     warn_collapsed,
 )
-from .schedule import _check_dense_budget, _check_scope, _threshold, density_schedule, threshold_masks
 from .reports import density_table
+from .schedule import _check_dense_budget, _check_scope, _threshold, density_schedule, threshold_masks
 from .scorers import (
     GraSPScorer,
     MagnitudeScorer,
