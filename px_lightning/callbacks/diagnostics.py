@@ -50,12 +50,15 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from typing_extensions import override
 
 from ..diagnostics import empirical_ntk, plain_parameters, spectrum
 from ..pruning import compute_scores, get_masks, sparsity_report
 from ..pruning.scorers import Scorer, get_scorer
 from ..pruning.scorers.base import batch_inputs
-from .foresight import ForesightPruningCallback, _module_loss, _scoring_source
+from ..pruning.validation import check_positive_int
+from ._scoring_data import module_loss, scoring_source
+from .foresight import ForesightPruningCallback
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -97,20 +100,18 @@ class PruningDiagnosticsCallback(pl.Callback):
         num_batches: int | None = None,
     ) -> None:
         super().__init__()
-        checked = [("num_samples", num_samples), ("top_k", top_k), ("chunk_size", chunk_size)]
-        if num_batches is not None:
-            checked.append(("num_batches", num_batches))
-        for name, value in checked:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if every_n_epochs is not None and (
-            isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1
-        ):
-            raise ValueError(f"every_n_epochs must be an integer >= 1 or None, got {every_n_epochs!r}")
+        for argument, value in {"num_samples": num_samples, "top_k": top_k, "chunk_size": chunk_size}.items():
+            check_positive_int(value, argument)
+        # None: the pruning callback's num_batches; logging only at the start of training.
+        for argument, value in {"num_batches": num_batches, "every_n_epochs": every_n_epochs}.items():
+            if value is not None:
+                check_positive_int(value, argument)
         self.every_n_epochs = every_n_epochs
         self.num_samples, self.top_k, self.chunk_size = num_samples, top_k, chunk_size
         self.log_scores, self.log_ntk = log_scores, log_ntk
+        # None: the pruning callback's scorer, read at each log (it builds its fit's scorer at fit start).
         self.scorer = None if method is None else get_scorer(method, **(method_options or {}))
+        self._pruning: ForesightPruningCallback | None = None
         self.num_batches = num_batches
         self._dense: dict[str, Tensor] | None = None
         self._batches: list | None = None
@@ -118,6 +119,7 @@ class PruningDiagnosticsCallback(pl.Callback):
         self._dense_spectrum = None
 
     # -- hooks -------------------------------------------------------------------------------------
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -130,19 +132,20 @@ class PruningDiagnosticsCallback(pl.Callback):
         pruning = [cb for cb in trainer.callbacks if isinstance(cb, ForesightPruningCallback)]
         if self.num_batches is None:
             self.num_batches = pruning[0].num_batches if pruning else _DEFAULT_NUM_BATCHES
-        if self.log_scores and self.scorer is None:
-            if not pruning:
-                raise ValueError(
-                    "PruningDiagnosticsCallback: no scoring method for the score histograms: add a "
-                    "ForesightPruningCallback to the trainer, give method=..., or set log_scores=False"
-                )
-            self.scorer = pruning[0].scorer
+        self._pruning = pruning[0] if pruning else None
+        if self.log_scores and self.scorer is None and self._pruning is None:
+            raise ValueError(
+                "PruningDiagnosticsCallback: no scoring method for the score histograms: add a "
+                "ForesightPruningCallback to the trainer, give method=..., or set log_scores=False"
+            )
         # The dense reference: the weights before pruning (ForesightPruningCallback prunes at fit start).
         self._dense = {n: t.detach().cpu().clone() for n, t in plain_parameters(pl_module).items()}
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_all(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._log_all(trainer, pl_module)
@@ -193,8 +196,9 @@ class PruningDiagnosticsCallback(pl.Callback):
     def _log_scores(self, writer, pl_module, batches: list, step: int) -> None:
         masks = get_masks(pl_module)
         # The pruning callback's rule: the module's own loss (e.g. ignoring label 255) for SNIP and GraSP.
+        scorer = self.scorer if self.scorer is not None else self._pruning.scorer
         scores = compute_scores(
-            pl_module, self.scorer, batches, loss_fn=_module_loss(pl_module), include=list(masks)
+            pl_module, scorer, batches, loss_fn=module_loss(pl_module), include=list(masks)
         )
         kept_all = []
         for name, s in scores.items():
@@ -255,7 +259,7 @@ class PruningDiagnosticsCallback(pl.Callback):
         if self._batches is not None:  # train batches: drawn once, so that epochs are comparable
             return self._batches
         # A scoring_dataloader() is deterministic by contract: read afresh at each log rather than held.
-        loader, limit, source = _scoring_source(trainer, self.num_batches)
+        loader, limit, source = scoring_source(trainer, self.num_batches)
         batches = [] if loader is None else list(itertools.islice(iter(loader), limit))
         if not batches:
             raise ValueError(

@@ -24,3 +24,8 @@ class ZeroScoresError(RuntimeError):
     def __init__(self, message: str, method: str) -> None:
         super().__init__(message)
         self.method = method
+
+    def __reduce__(self):
+        # Pickled with both arguments (the default pickles ``args``, the message alone): DDP workers and
+        # multiprocessing send exceptions between processes.
+        return type(self), (str(self), self.method)

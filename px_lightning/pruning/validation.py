@@ -2,8 +2,8 @@
 
 Each public function that reads an argument checks it with these (the lowest one that reads it), and the
 Lightning callback's constructor calls the same checks so that a bad value fails when the callback is built.
-Every check raises a ``ValueError`` (a ``TypeError`` for a value of the wrong type) that names the argument,
-says what is allowed and shows the value.
+Every check raises a ``TypeError`` for a value of the wrong type and a ``ValueError`` for one out of range,
+each naming the argument, saying what is allowed and showing the value.
 
 Example:
     >>> check_density(0.05)
@@ -25,6 +25,10 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_density(value: object, argument: str = "density") -> float:
     """``value`` as a float in (0, 1]: the fraction of weights kept.
 
@@ -33,7 +37,7 @@ def check_density(value: object, argument: str = "density") -> float:
         0.018
     """
     if not _is_real(value) or not 0 < value <= 1:
-        raise ValueError(
+        raise (ValueError if _is_real(value) else TypeError)(
             f"{argument} must be a number in (0, 1] (the fraction of weights kept, e.g. 0.05), got {value!r}"
         )
     return float(value)
@@ -47,7 +51,7 @@ def check_sparsity(value: object, argument: str = "sparsity") -> float:
         0.98
     """
     if not _is_real(value) or not 0 <= value < 1:
-        raise ValueError(
+        raise (ValueError if _is_real(value) else TypeError)(
             f"{argument} must be a number in [0, 1) (the fraction of weights pruned, e.g. 0.95), got {value!r}"
         )
     return float(value)
@@ -60,8 +64,10 @@ def check_positive_int(value: object, argument: str) -> int:
         >>> check_positive_int(10, "num_batches")
         10
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{argument} must be an integer >= 1, got {value!r}")
+    if not _is_int(value) or value < 1:
+        raise (ValueError if _is_int(value) else TypeError)(
+            f"{argument} must be an integer >= 1, got {value!r}"
+        )
     return int(value)
 
 
@@ -74,9 +80,9 @@ def check_rounds(value: object, argument: str = "rounds", allow_none: bool = Fal
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not _is_int(value) or value < 1:
         allowed = "an integer >= 1 or None (the method's default)" if allow_none else "an integer >= 1"
-        raise ValueError(f"{argument} must be {allowed}, got {value!r}")
+        raise (ValueError if _is_int(value) else TypeError)(f"{argument} must be {allowed}, got {value!r}")
     return int(value)
 
 
