@@ -137,6 +137,12 @@ def locate_option(key: str, argv: list[str], class_name: str | None = None) -> t
     return None
 
 
+def _cli_only(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--config`` files (so that a lookup sees the command line only)."""
+    files = set(config_files(argv))
+    return [a for a in argv if a not in files and a.partition("=")[2] not in files]
+
+
 def _accepted(class_path: str) -> list[str]:
     """The keyword arguments ``class_path``'s ``__init__`` accepts ([] if it cannot be imported)."""
     module_name, _, name = class_path.rpartition(".")
@@ -222,9 +228,14 @@ def explain_parse_error(message: str, argv: list[str], options: list[str], subco
         reason = top.group(2)
     key = ".".join([top.group(1), *keys])
     class_name = class_path.rpartition(".")[2] if class_path else None
+    accepted_key = re.search(r"Key '([^']+)' is not expected|Option '([^']+)' is not accepted", reason)
+    inner_class = re.search(r"class_path='([^']+)'", reason)
+    if accepted_key and inner_class:  # a class inside a callable-typed argument (an lr_scheduler)
+        class_path = inner_class.group(1)
+        class_name = class_path.rpartition(".")[2]
+        key = f"{key}.init_args"
     found = locate_option(key, argv, class_name)
     where = found[0] if found else key
-    accepted_key = re.match(r"Key '([^']+)' is not expected|Option '([^']+)' is not accepted", reason)
     if accepted_key and class_path:
         bad = accepted_key.group(1) or accepted_key.group(2)
         accepted = _accepted(class_path)
@@ -245,7 +256,10 @@ def _configured_classes(node: Any, key: str = "") -> list[tuple[str, str, Any]]:
         found.append((key, str(get("class_path")), get("init_args", None)))
         node = get("init_args", None)
         key = f"{key}.init_args"
-    items = node.items() if hasattr(node, "items") else []
+    # A jsonargparse Namespace's items() are its flattened leaves: walk its direct children (vars) instead.
+    items = (
+        node.items() if isinstance(node, dict) else vars(node).items() if hasattr(node, "__dict__") else []
+    )
     for name, value in items:
         found += _configured_classes(value, f"{key}.{name}" if key else name)
     if isinstance(node, list):
@@ -287,11 +301,13 @@ def explain_build_error(err: BaseException, config: Any, argv: list[str], subcom
     if entry is not None:
         key, class_path, init_args = entry
         class_name = class_path.rpartition(".")[2]
-        names = [n for n in (init_args.keys() if hasattr(init_args, "keys") else [])]
+        names = list(init_args) if isinstance(init_args, dict) else list(vars(init_args) if init_args else [])
         positions = {n: m.start() for n in names if (m := re.search(rf"\b{re.escape(n)}\b", message))}
         origin = f" (refused by {class_name})"
         if positions:
-            name = min(positions, key=positions.get)
+            # The argument the message names first, preferring one the user set on the command line.
+            given = [n for n in positions if locate_option(f"{key}.init_args.{n}", _cli_only(argv))]
+            name = min(given or positions, key=positions.get)
             found = locate_option(f"{key}.init_args.{name}", argv, class_name)
             if found is not None:
                 return f"{found[0]}: {message}\n  {type(err).__name__}{origin}; {HINT.format(subcommand=subcommand)}"

@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # imported on first use (see __getattr__): they import Lightn
     from px_lightning.callbacks.foresight import density_table
 
 __all__ = [
+    "HARMLESS_WARNINGS",
+    "LIGHTNING_TIPS",
     "THREADS_VARIABLE",
     "PXLightningCLI",
     "choose_threads",
@@ -81,7 +83,7 @@ OMP_NUM_THREADS=N) to choose.
 """
 
 # Lightning's advertising tips, dropped by exact message (in the CLI only: the library never filters).
-_TIPS = (
+LIGHTNING_TIPS = (
     (
         "💡 Tip: For seamless cloud logging and experiment tracking, try installing "
         "[litlogger](https://pypi.org/project/litlogger/) to enable LitLogger, which logs metrics and "
@@ -94,7 +96,7 @@ _TIPS = (
     ),
 )
 # Harmless warnings, by exact message: torch 2.10+ deprecates a class that Lightning's own code still uses.
-_HARMLESS_WARNINGS = (
+HARMLESS_WARNINGS = (
     (
         "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
         "treespec.is_leaf()` instead."
@@ -212,7 +214,7 @@ def configure_threads(verbose: bool = False) -> int:
 
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() not in _TIPS
+        return record.getMessage() not in LIGHTNING_TIPS
 
 
 def quiet_console() -> None:
@@ -225,7 +227,7 @@ def quiet_console() -> None:
     """
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
-    for message in _HARMLESS_WARNINGS:
+    for message in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message))
 
 
@@ -258,7 +260,11 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]
-        os.environ["JSONARGPARSE_DEBUG"] = "1"
+        os.environ["JSONARGPARSE_DEBUG"] = "true"
+    # jsonargparse reads the switch itself and accepts only true/false: take 1/0 (the usual spelling) too.
+    switch = {"1": "true", "0": "false"}.get(os.environ.get("JSONARGPARSE_DEBUG", ""))
+    if switch:
+        os.environ["JSONARGPARSE_DEBUG"] = switch
     if argv in ([], ["-h"], ["--help"]):  # answered without importing torch or Lightning
         listing = "\n".join(f"  {name:<10} {text}" for name, text in SUBCOMMANDS.items())
         print(HELP.format(description=description(), subcommands=listing, threads=THREADS_VARIABLE))
