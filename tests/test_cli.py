@@ -304,7 +304,7 @@ def test_quickstart_command_from_readme(tmp_path):
 
 
 def test_readme_callback_snippet(tmp_path, monkeypatch):
-    """The README's five lines of Python run as written (one epoch instead of five, no logs or progress bar)."""
+    """The README's five lines of Python run as written (one epoch instead of five, no progress bar)."""
     # The first Python block of its section (other sections have Python blocks of their own).
     section = README.read_text().split("## The callback in five lines of Python", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
@@ -312,7 +312,7 @@ def test_readme_callback_snippet(tmp_path, monkeypatch):
     assert len(snippet.strip().splitlines()) == 5
     assert snippet.count("max_epochs=5") == 1
     quick = snippet.replace(
-        "max_epochs=5", "max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False"
+        "max_epochs=5", "max_epochs=1, enable_checkpointing=False, enable_progress_bar=False"
     )
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
@@ -322,6 +322,9 @@ def test_readme_callback_snippet(tmp_path, monkeypatch):
     report = sparsity_report(trainer.lightning_module)
     density = float(re.search(r"density=([0-9.]+)", snippet).group(1))
     assert report["density"] == pytest.approx(density, abs=2e-3)
+    # It ends with a test of the pruned model, logged to TensorBoard under logs/ (in tmp_path here).
+    assert trainer.state.fn == "test" and "test/acc" in trainer.callback_metrics
+    assert sorted((tmp_path / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event file in logs/"
 
 
 def _bad_config(tmp_path: Path, edit) -> str:
