@@ -261,6 +261,9 @@ def test_help_answers_without_importing_torch(tmp_path):
 
     for name in LightningCLI.subcommands():
         assert re.search(rf"^  {name} ", run.stdout, flags=re.MULTILINE), name
+    # A subcommand's help is LightningCLI's own, with every option.
+    run = px_lightning("fit", "--help", cwd=tmp_path)
+    assert run.returncode == 0 and "--trainer.max_epochs" in run.stdout and "--test_after_fit" in run.stdout
 
 
 def test_bad_thread_count_is_refused(tmp_path):
