@@ -105,7 +105,12 @@ HARMLESS_WARNINGS = (
 
 
 def description() -> str:
-    """The one-paragraph description ``--help`` prints (shared with the LightningCLI parser)."""
+    """The one-paragraph description ``--help`` prints (shared with the LightningCLI parser).
+
+    Example:
+        >>> description().startswith("px-lightning: prune vision networks")
+        True
+    """
     return (
         "px-lightning: prune vision networks at initialisation (PX and the baselines) and train them sparse. "
         "A LightningCLI: `px-lightning fit|validate|test|predict --config FILE`; the pruning callback is "
@@ -226,7 +231,9 @@ def quiet_console() -> None:
         >>> quiet_console()
     """
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropTips())
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):  # once, however often main() runs
+            logger.addFilter(_DropTips())
     for message in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message))
 
