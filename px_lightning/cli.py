@@ -4,6 +4,12 @@ Models and datamodules are chosen by ``class_path`` (subclass mode), so any ``Li
 ``LightningDataModule`` importable by its dotted path works too; the pruning callback is configured like
 any Lightning callback, under ``trainer.callbacks``.
 
+This module is the light entry point: ``px-lightning --help`` is answered from here without importing torch
+or Lightning (importing ``lightning.pytorch`` takes seconds), the CPU thread count is chosen before torch
+is imported, and a mistake in the command is printed as one short ``error:`` line (exit status 2) instead
+of a usage text and a traceback (``--debug`` or ``JSONARGPARSE_DEBUG=1`` shows the traceback). The
+LightningCLI itself lives in ``px_lightning._cli_app``.
+
 Example:
     .. code-block:: bash
 
@@ -19,183 +25,266 @@ From Python (the tests do this)::
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import logging
 import os
-import traceback
+import re
+import sys
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_only
-from torch import nn
+if TYPE_CHECKING:  # imported on first use (see __getattr__): they import Lightning
+    from px_lightning._cli_app import PXLightningCLI
 
-# The one per-layer table (the callback prints it after pruning); re-exported here for `cli.density_table`.
-from px_lightning.pruning import density_table
+__all__ = [
+    "HARMLESS_WARNINGS",
+    "LIGHTNING_TIPS",
+    "THREADS_VARIABLE",
+    "PXLightningCLI",
+    "choose_threads",
+    "cli_main",
+    "configure_threads",
+    "main",
+    "quiet_console",
+]
 
-__all__ = ["PXLightningCLI", "cli_main", "density_table", "main"]
+THREADS_VARIABLE = "PX_LIGHTNING_THREADS"
 
-DESCRIPTION = (
-    "px-lightning: prune vision networks at initialisation (PX and the baselines) and train them sparse. "
-    "A LightningCLI: `px-lightning fit|validate|test|predict --config FILE`; the pruning callback is "
-    "configured under trainer.callbacks (e.g. --trainer.callbacks.init_args.method=snip). "
-    "Start with `px-lightning fit --config configs/quickstart.yaml`."
+# LightningCLI's subcommands (`LightningCLI.subcommands()`), described without importing Lightning.
+SUBCOMMANDS = {
+    "fit": "Runs the full optimization routine.",
+    "validate": "Perform one evaluation epoch over the validation set.",
+    "test": "Perform one evaluation epoch over the test set.",
+    "predict": "Run inference on your data.",
+}
+
+HELP = """usage: px-lightning [-h] [--debug] {{fit,validate,test,predict}} ...
+
+{description}
+
+subcommands:
+{subcommands}
+
+options:
+  -h, --help   Show this help message and exit (`px-lightning fit --help` lists every option of `fit`:
+               trainer, model, data, the pruning callback).
+  --debug      Show the full traceback of an error (the same as JSONARGPARSE_DEBUG=1).
+
+examples:
+  px-lightning fit --config configs/quickstart.yaml
+  px-lightning fit --config configs/cifar10/resnet20_px.yaml --trainer.callbacks.init_args.density=0.05
+  px-lightning fit --config configs/quickstart.yaml --print_config
+
+CPU threads: on the CPU, px-lightning uses one thread per core that other programs leave idle when it
+starts (a busy machine makes extra threads several times slower, not faster); set {threads}=N (or
+OMP_NUM_THREADS=N) to choose.
+"""
+
+# Lightning's advertising tips, dropped by exact message (in the CLI only: the library never filters).
+LIGHTNING_TIPS = (
+    (
+        "💡 Tip: For seamless cloud logging and experiment tracking, try installing "
+        "[litlogger](https://pypi.org/project/litlogger/) to enable LitLogger, which logs metrics and "
+        "artifacts automatically to the Lightning Experiments platform."
+    ),
+    (
+        "💡 Tip: For seamless cloud uploads and versioning, try installing "
+        "[litmodels](https://pypi.org/project/litmodels/) to enable LitModelCheckpoint, which syncs "
+        "automatically with the Lightning model registry."
+    ),
+)
+# Harmless warnings, by exact message: torch 2.10+ deprecates a class that Lightning's own code still uses.
+HARMLESS_WARNINGS = (
+    (
+        "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+        "treespec.is_leaf()` instead."
+    ),
 )
 
 
-def _root_error(err: BaseException) -> BaseException:
-    """The first exception of ``err``'s chain raised outside jsonargparse: the class's own message.
+def description() -> str:
+    """The one-paragraph description ``--help`` prints (shared with the LightningCLI parser).
 
-    jsonargparse wraps an error raised while it builds a class (a callback's ValueError, say) in its own
-    "Does not validate against any of the Union subtypes" error, which buries the message.
+    Example:
+        >>> description().startswith("px-lightning: prune vision networks")
+        True
     """
-    seen: list[BaseException] = []
-    current: BaseException | None = err
-    while current is not None and all(current is not s for s in seen):
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    for candidate in seen:
-        tb = candidate.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if tb is not None and "jsonargparse" not in tb.tb_frame.f_code.co_filename:
-            return candidate
-    return err
+    return (
+        "px-lightning: prune vision networks at initialisation (PX and the baselines) and train them sparse. "
+        "A LightningCLI: `px-lightning fit|validate|test|predict --config FILE`; the pruning callback is "
+        "configured under trainer.callbacks (e.g. --trainer.callbacks.init_args.method=snip). "
+        "Start with `px-lightning fit --config configs/quickstart.yaml`."
+    )
 
 
-@rank_zero_only
-def _print_density_table(model: nn.Module) -> None:
-    print(density_table(model), flush=True)
+def __getattr__(name: str) -> Any:
+    # The LightningCLI subclass imports Lightning: only when asked for.
+    if name == "PXLightningCLI":
+        from px_lightning._cli_app import PXLightningCLI
+
+        return PXLightningCLI
+    raise AttributeError(f"module 'px_lightning.cli' has no attribute {name!r}")
 
 
-class PXLightningCLI(LightningCLI):
-    """``LightningCLI`` with one extra option, ``--test_after_fit``.
+def _usable_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # two hardware threads per core share its arithmetic units: count cores, as torch does
+        with open("/sys/devices/system/cpu/smt/active") as f:
+            if f.read().strip() == "1":
+                cores = max(1, cores // 2)
+    except OSError:
+        pass
+    return cores
 
-    With ``--test_after_fit=true``, ``fit`` goes on to ``Trainer.test`` on the datamodule's test set with the
-    weights the fit ended with (the in-memory model, masks in place), then prints the per-layer density
-    table of the trained model. The option is accepted by every subcommand, so one config file serves
-    ``fit``, ``validate`` and ``test``; only ``fit`` acts on it.
+
+def _busy_cores(samples: int = 5, interval: float = 0.02) -> float:
+    """How many cores other programs keep busy now: the runnable tasks in ``/proc/stat``, minus this one.
+
+    An instant count (the median of a few samples), not the load average, which lags by a minute.
     """
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--test_after_fit",
-            type=bool,
-            default=False,
-            help="After `fit`, run `test` with the trained in-memory model and print its per-layer density "
-            "table (used by `fit` only).",
-        )
-
-    def before_instantiate_classes(self) -> None:
-        # LightningCLI's `--optimizer` / `--lr_scheduler` replace the module's configure_optimizers as a whole:
-        # with ImageClassifier that silently drops the config's own scheduler (model.init_args.lr_scheduler)
-        # and optimizer settings. Refuse it where the module configures its optimizers itself.
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        given = [key for key in ("optimizer", "lr_scheduler") if config.get(key) is not None]
-        if not given:
-            return
-        model_cls = _class_of(config.get("model"))
-        if model_cls is None or model_cls.configure_optimizers is pl.LightningModule.configure_optimizers:
-            return
-        options = " and ".join(f"--{k}" for k in given)
-        own = [k for k in ("optimizer", "lr_scheduler") if k in _init_parameters(model_cls)]
-        if "optimizer" in own:
-            advice = (
-                "set them through the model's own arguments instead, e.g. --model.init_args.optimizer=Adam "
-                "--model.init_args.optimizer.lr=0.001"
-                + (" (and --model.init_args.lr_scheduler=...)" if "lr_scheduler" in own else "")
-            )
-        else:
-            name = model_cls.__name__
-            advice = f"set the optimizer through {name}'s own arguments (--model.help {name})"
-        self._parser(self.subcommand).error(
-            f"{options} would replace {model_cls.__name__}.configure_optimizers, dropping the optimizer and "
-            f"scheduler the config sets for it (only half of the config would apply); {advice}"
-        )
-
-    def instantiate_classes(self) -> None:
+    counts = []
+    for i in range(samples):
         try:
-            super().instantiate_classes()
-        except (ValueError, TypeError) as err:
-            if os.environ.get("JSONARGPARSE_DEBUG"):  # jsonargparse's own switch for full tracebacks
-                raise
-            root = _root_error(err)
-            message = str(root) if root is not err else str(err).splitlines()[0]
-            # The class's own message (a bad callback value, a missing pre-trained file), not jsonargparse's
-            # traceback through every Union subtype it tried; where it was raised, so that a bug in a user's
-            # class is not mistaken for a usage error, and how to get the whole traceback.
-            frames = traceback.extract_tb(root.__traceback__)
-            where = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-            self._parser(self.subcommand).error(
-                f"could not build the configured objects: {type(root).__name__}: {message}{where}; "
-                "set JSONARGPARSE_DEBUG=1 for the full traceback"
+            with open("/proc/stat") as f:
+                line = next(ln for ln in f if ln.startswith("procs_running"))
+            counts.append(int(line.split()[1]) - 1)
+        except (OSError, StopIteration, ValueError):
+            return max(0.0, os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0.0
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0.0, sorted(counts)[len(counts) // 2])
+
+
+def choose_threads() -> int:
+    """The CPU threads to use now: one per core that other programs leave idle (at least one).
+
+    Torch's default, one thread per core, is right on an idle machine; on a busy one its threads wait for
+    each other at every operation while the others are descheduled, and a run gets several times slower
+    (the quickstart: 4 to 7 minutes instead of 44 s with one thread, see benchmarks/README.md, "CLI").
+
+    Example:
+        >>> 1 <= choose_threads() <= os.cpu_count()
+        True
+    """
+    cores = _usable_cores()
+    return max(1, min(cores, round(cores - _busy_cores())))
+
+
+def configure_threads(verbose: bool = False) -> int:
+    """Set the CPU thread count for this process and its children; return it.
+
+    ``PX_LIGHTNING_THREADS=N`` wins, then an ``OMP_NUM_THREADS`` the user set, then :func:`choose_threads`.
+    The count goes to ``OMP_NUM_THREADS`` (read by torch when it is imported, and by worker processes) and,
+    if torch is already imported, to ``torch.set_num_threads``. With ``verbose``, a line on stderr says so
+    when fewer threads than cores were chosen because the machine is busy.
+
+    Example:
+        >>> configure_threads()   # before `import torch`
+        2
+    """
+    given = os.environ.get(THREADS_VARIABLE) or os.environ.get("OMP_NUM_THREADS")
+    if given:
+        try:
+            threads = int(given)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            from px_lightning._cli_errors import CommandLineError
+
+            name = THREADS_VARIABLE if os.environ.get(THREADS_VARIABLE) else "OMP_NUM_THREADS"
+            raise CommandLineError(
+                f"{name}={given}: expected a positive number of CPU threads, e.g. {name}=2"
             )
-
-    def after_fit(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if not config.get("test_after_fit", False):
-            return
-        # fast_dev_run limits the test loop too, so a smoke run stays a smoke run.
-        self.trainer.test(self.model, datamodule=self.datamodule)
-        _print_density_table(self.model)
-
-    def after_test(self) -> None:
-        # `px-lightning test --ckpt_path=...`: what the tested model really is (the loaded weights carry no
-        # masks, so the table counts their non-zero entries).
-        _print_density_table(self.model)
-
-
-def _class_of(model_config) -> type | None:
-    """The LightningModule class a parsed ``model`` entry names (``class_path``), or None."""
-    class_path = getattr(model_config, "class_path", None)
-    if class_path is None and isinstance(model_config, dict):
-        class_path = model_config.get("class_path")
-    if not isinstance(class_path, str):
-        return None
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return cls if isinstance(cls, type) and issubclass(cls, pl.LightningModule) else None
+    else:
+        threads = choose_threads()
+        cores = _usable_cores()
+        if verbose and threads < cores:
+            print(
+                f"px-lightning: using {threads} CPU thread{'s' if threads > 1 else ''} of {cores}: other "
+                f"programs keep the rest busy (set {THREADS_VARIABLE}=N to choose)",
+                file=sys.stderr,
+                flush=True,
+            )
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
 
 
-def _init_parameters(cls: type) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters)
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in LIGHTNING_TIPS
 
 
-def cli_main(args: ArgsType = None) -> PXLightningCLI:
+def quiet_console() -> None:
+    """Drop Lightning's advertising tips and the known harmless warnings (exact messages) from the console.
+
+    Called by ``px-lightning`` only; importing px-lightning filters nothing.
+
+    Example:
+        >>> quiet_console()
+    """
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):  # once, however often main() runs
+            logger.addFilter(_DropTips())
+    for message in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message))
+
+
+def cli_main(args: Any = None):
     """Run the ``px-lightning`` command line (``fit``, ``validate``, ``test``, ``predict``) and return it.
 
     ``args`` (a list of strings, or a dict) replaces ``sys.argv[1:]``. The returned CLI holds the
-    ``trainer``, ``model`` and ``datamodule`` it ran, for inspection from Python (the tests do this).
+    ``trainer``, ``model`` and ``datamodule`` it ran, for inspection from Python (the tests do this). A
+    mistake in the command or its files raises ``px_lightning._cli_errors.CommandLineError``, whose message
+    names the option; :func:`main` prints it.
 
     Example:
         >>> cli = cli_main(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs=1"])
         >>> cli.trainer.callback_metrics["test/acc"]
     """
-    # Imported so that short class names (`--model=ImageClassifier`, `--data=CIFAR10DataModule`) resolve.
-    from px_lightning import callbacks, data, modules  # noqa: F401
+    from px_lightning._cli_app import run
 
-    return PXLightningCLI(
-        model_class=pl.LightningModule,
-        datamodule_class=pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        # A rerun into the same log folder must not fail on the config.yaml the last run saved.
-        save_config_kwargs={"overwrite": True},
-        # A mistyped option must fail, not be taken for the option it abbreviates (`--trainer.max_epoch`).
-        parser_kwargs={"allow_abbrev": False, "description": DESCRIPTION},
-        args=args,
-    )
+    return run(args)
 
 
-def main(args: ArgsType = None) -> None:
+def main(args: list[str] | None = None) -> None:
     """The ``px-lightning`` console script: :func:`cli_main`, returning nothing (exit status 0 on success).
+
+    A mistake in the command prints ``px-lightning: error: <what, where, what is allowed>`` and exits with
+    status 2; ``--debug`` (anywhere in the command) or ``JSONARGPARSE_DEBUG=1`` raises it with its traceback.
 
     Example:
         >>> main(["fit", "--config", "configs/quickstart.yaml"])
     """
-    cli_main(args)
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["JSONARGPARSE_DEBUG"] = "true"
+    # jsonargparse reads the switch itself and accepts only true/false: take 1/0 (the usual spelling) too.
+    switch = {"1": "true", "0": "false"}.get(os.environ.get("JSONARGPARSE_DEBUG", ""))
+    if switch:
+        os.environ["JSONARGPARSE_DEBUG"] = switch
+    if argv in ([], ["-h"], ["--help"]):  # answered without importing torch or Lightning
+        listing = "\n".join(f"  {name:<10} {text}" for name, text in SUBCOMMANDS.items())
+        print(HELP.format(description=description(), subcommands=listing, threads=THREADS_VARIABLE))
+        return
+    from px_lightning._cli_errors import CommandLineError, debug_requested
+
+    try:
+        configure_threads(verbose=True)
+        quiet_console()
+        if args is None:
+            sys.argv[1:] = argv  # `--debug` removed; LightningCLI reads sys.argv itself
+            cli_main(None)
+        else:
+            cli_main(argv)
+    except CommandLineError as err:
+        if debug_requested():
+            raise
+        print(f"px-lightning: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
