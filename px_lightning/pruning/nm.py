@@ -10,7 +10,8 @@ left unconstrained, since no N:M kernel could run it, and is named in ``NMMasks.
 
 The budget is the global (or per-layer) one of ``threshold_masks``: within each group only the N best
 scores may be kept, and the density's threshold is taken over those allowed weights (every other weight
-ranks last), so the total kept stays at most ``density * total`` and each group keeps at most N.
+ranks last), so the total kept stays within the budget of ``threshold_masks`` (``total - int((1 - density)
+* total)``) and each group keeps at most N.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def nm_masks(
 
     In every constrained tensor each group of M keeps at most N: the N best scores of a group are
     allowed and the density's threshold is taken among the allowed weights of all tensors (``scope=
-    "global"``) or of each (``"local"``), every other weight ranking last; so at most ``density *
-    total`` weights are kept, fewer when the pattern allows fewer (a density above N/M on a network
+    "global"``) or of each (``"local"``), every other weight ranking last; so at most the budget of
+    ``threshold_masks`` is kept (``total - int((1 - density) * total)``), fewer when the pattern allows fewer (a density above N/M on a network
     that is all constrained keeps N/M). ``pruned`` (bool masks, False = already pruned) ranks pruned
     weights last, and they stay pruned. ``dense`` tensors are kept whole and ``layer_floor`` reserves each
     tensor's best weights, as in ``threshold_masks``; ``dense`` tensors are left unconstrained.
