@@ -208,3 +208,20 @@ def test_bad_example_input_is_refused():
         savings_report(nn.Linear(2, 2), [1.0, 2.0])
     with pytest.raises(TypeError, match="model"):
         savings_report("resnet", torch.zeros(1, 2))
+
+
+def test_inference_benchmark_runs_small_and_its_csr_network_matches(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("inference_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--arch", "resnet18", "--image-size", "32", "--batches", "1", "2", "--repeats", "1"]
+    results = bench.main(
+        [*argv, "--densities", "0.2", "--method", "random", "--output", str(tmp_path / "r.json")]
+    )
+    run = results["densities"]["0.2"]
+    assert run["csr_vs_masked_max_relative_error"] < 1e-5 and run["file_ratio"] < 0.3
+    assert {(r["variant"], r["batch"]) for r in results["runs"]} >= {("csr", 1), ("csr", 2), ("dense", 2)}
