@@ -66,9 +66,13 @@ def head_layer(model: nn.Module) -> str:
     return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)][-1]
 
 
-def resolve_variant(variant: str | None, kernel_norm: str | None) -> str:
-    """The PX variant named by ``variant`` and/or the 2025 code's ``kernel_norm`` (``DEFAULT_VARIANT`` when
-    neither is given). ``kernel_norm`` alone keeps its 2025 meaning whatever the default variant is.
+def resolve_variant(variant: str | None, kernel_norm: str | None, given: tuple[str, ...] = ()) -> str:
+    """The PX variant named by ``variant``, else by the 2025 code's ``kernel_norm``, else ``DEFAULT_VARIANT``.
+
+    Calls written for the 2025 code keep their meaning whatever the default variant is: without
+    ``variant``, ``kernel_norm`` selects ``"2025-eval"`` / ``"2025"``, and ``given`` (the names of the other
+    options passed) naming an option the default variant does not take selects ``"2025-eval"`` (the 2025
+    code's default kernel mode).
 
     Example:
         >>> resolve_variant(None, "train")
@@ -77,10 +81,12 @@ def resolve_variant(variant: str | None, kernel_norm: str | None) -> str:
     if kernel_norm is not None and kernel_norm not in ("eval", "train"):
         raise ValueError(f"kernel_norm must be 'eval' or 'train', got {kernel_norm!r}")
     if variant is None:
-        if kernel_norm is None:
-            return DEFAULT_VARIANT
-        return "2025-eval" if kernel_norm == "eval" else "2025"
-    if variant not in VARIANTS:
+        if kernel_norm is not None:
+            return "2025-eval" if kernel_norm == "eval" else "2025"
+        if any(option not in VARIANT_OPTIONS[DEFAULT_VARIANT] for option in given):
+            return "2025-eval"
+        return DEFAULT_VARIANT
+    if not isinstance(variant, str) or variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
     if kernel_norm is not None and variant in _KERNEL_NORMS and _KERNEL_NORMS[variant] != kernel_norm:
         raise ValueError(
@@ -91,18 +97,16 @@ def resolve_variant(variant: str | None, kernel_norm: str | None) -> str:
     return variant
 
 
-def refuse_options(variant: str, given: dict, default: bool) -> None:
-    """``ValueError`` naming the variant and the first option of ``given`` (``{name: value}``, ``None`` =
-    not given) that the variant does not take; ``default`` says the variant was not asked for.
+def refuse_options(variant: str, given: tuple[str, ...]) -> None:
+    """``ValueError`` naming ``variant`` and the first option of ``given`` (names) that it does not take.
 
     Example:
-        >>> refuse_options("cvpr2024", {"head": None, "bn_warmup": None}, default=False)  # nothing given
+        >>> refuse_options("cvpr2024", ("dense_head",))  # taken: no error
     """
-    for option, value in given.items():
-        if value is not None and option not in VARIANT_OPTIONS[variant]:
-            chosen = f"variant={variant!r}" + (" (the default variant)" if default else "")
+    for option in given:
+        if option not in VARIANT_OPTIONS[variant]:
             raise ValueError(
-                f"PX {chosen} does not take the option {option}; it takes "
+                f"PX variant={variant!r} does not take the option {option}; it takes "
                 f"{', '.join(VARIANT_OPTIONS[variant])}. Drop {option}, or choose a variant that takes it "
                 f"({', '.join(repr(v) for v, o in VARIANT_OPTIONS.items() if option in o)})"
             )
@@ -141,8 +145,9 @@ def _fresh(buffers: dict[str, Tensor]) -> dict[str, Tensor]:
 class PXScorer(Scorer):
     """PX scores, in one of ``VARIANTS`` (see the module docstring).
 
-    ``variant``: ``"cvpr2024"``, ``"2025"`` or ``"2025-eval"``; ``None`` gives ``DEFAULT_VARIANT``, or the
-    variant ``kernel_norm`` names. An option the variant does not take is refused naming both.
+    ``variant``: ``"cvpr2024"``, ``"2025"`` or ``"2025-eval"``; ``None``: as ``resolve_variant`` (the variant
+    ``kernel_norm`` names, else ``DEFAULT_VARIANT``). An option the variant does not take is refused naming
+    both.
 
     Example:
         >>> PXScorer(variant="cvpr2024", dense_head=True)
@@ -161,10 +166,9 @@ class PXScorer(Scorer):
         layer_floor: float = 0.0,
         bn_warmup: bool | None = None,
     ) -> None:
-        self.variant = resolve_variant(variant, kernel_norm)
-        refuse_options(
-            self.variant, {"kernel_norm": kernel_norm, "head": head, "bn_warmup": bn_warmup}, variant is None
-        )
+        given = tuple(o for o, v in {"head": head, "bn_warmup": bn_warmup}.items() if v is not None)
+        self.variant = resolve_variant(variant, kernel_norm, given)
+        refuse_options(self.variant, given + (("kernel_norm",) if kernel_norm is not None else ()))
         if head is not None and head not in ("published", "body"):
             raise ValueError(f"head must be 'published' or 'body', got {head!r}")
         if not isinstance(dense_head, bool):
