@@ -191,8 +191,16 @@ class PXScorer(Scorer):
 
     @property
     def additive(self) -> bool:
-        """Whether one round's scores are the sum of each batch's scores alone (sharded scoring is exact):
-        True unless ``bn_warmup`` (whose statistics pool all the batches)."""
+        """False: a score is ``|sum over batches of dR/d(w^2)| * ...``, and the absolute value of a sum is
+        not the sum of the batches' absolute values (the batches' gradients differ in sign). Data-parallel
+        ranks shard exactly by summing ``gradient_sums`` instead (see ``shardable``)."""
+        return False
+
+    @property
+    def shardable(self) -> bool:
+        """Whether ``gradient_sums`` is a sum over the batches alone, so ranks may each compute it on a share
+        of the batches, sum the shares, and call ``scores_from_sums``: True unless ``bn_warmup`` (whose
+        statistics pool all the batches)."""
         return not self.bn_warmup
 
     def thresholding(self, weights: dict[str, Tensor], model: nn.Module) -> dict:
@@ -218,10 +226,34 @@ class PXScorer(Scorer):
         return out
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
+        return self.scores_from_sums(self.gradient_sums(model, weights, masks, batches), weights, masks)
+
+    def gradient_sums(self, model, weights, masks, batches) -> dict[str, Tensor]:
+        """The signed ``dR/d(w^2)`` of each pruned tensor, summed over ``batches``: the additive part of one
+        round (arguments as ``score``'s).
+
+        Example:
+            >>> sums = scorer.gradient_sums(model, weights, masks, my_share_of_the_batches)
+            >>> scores = scorer.scores_from_sums(all_reduce_sum(sums), weights, masks)
+        """
         net, layers = self._masked_copy(model, weights, masks)
         if self.variant == "cvpr2024":
-            return self._score_cvpr2024(net, layers, weights, batches)
-        return self._score_2025(net, layers, weights, masks, batches)
+            return self._gradients_cvpr2024(net, layers, weights, batches)
+        return self._gradients_2025(net, layers, weights, masks, batches)
+
+    def scores_from_sums(self, sums, weights, masks) -> dict[str, Tensor]:
+        """The scores from ``gradient_sums`` (summed over every batch): ``|sum| * |w|^5`` (cvpr2024) or
+        ``|sum| * w^2`` (2025) for a kept weight, 0 for a pruned one; ``sums`` is left as it is.
+
+        Example:
+            >>> scores = scorer.scores_from_sums(sums, weights, masks)
+        """
+        scores = {}
+        for n, g in sums.items():
+            # One temporary per tensor, one tensor at a time. cvpr2024: |dR/d(w^2)| * w^2 * |w| * w^2.
+            w = weights[n] * masks[n]
+            scores[n] = g.abs().mul_(w.abs_().pow_(5) if self.variant == "cvpr2024" else self._power(w))
+        return self._normalise(scores)
 
     # --- shared -----------------------------------------------------------------------------------------
 
@@ -237,7 +269,7 @@ class PXScorer(Scorer):
 
     # --- cvpr2024 ---------------------------------------------------------------------------------------
 
-    def _score_cvpr2024(self, net, layers, weights, batches) -> dict[str, Tensor]:
+    def _gradients_cvpr2024(self, net, layers, weights, batches) -> dict[str, Tensor]:
         set_modes(net, norm_train=True)
         real = {f"{n}.{a}": p.detach() for n, m in layers for a, p in m.named_parameters(recurse=False)}
         ref = real[next(iter(weights))]
@@ -253,23 +285,20 @@ class PXScorer(Scorer):
                 z2 = model_output(torch.func.functional_call(net, state, (x,), strict=False))
             (z1 * z2).sum().backward()  # gradients with respect to w^2 add up over the batches
             del z1, z2
-        scores = {}
-        for n in weights:
-            grad = leaves[n].grad
-            # |dR/d(w^2)| * w^2 * |w| * w^2: a pruned weight (0 in the copy) scores 0.
-            scores[n] = torch.zeros_like(real[n]) if grad is None else grad.abs_().mul_(real[n].abs().pow_(5))
-        return scores
+        return {
+            n: torch.zeros_like(real[n]) if leaf.grad is None else leaf.grad for n, leaf in leaves.items()
+        }
 
     # --- 2025 / 2025-eval -------------------------------------------------------------------------------
 
-    def _score_2025(self, net, layers, weights, masks, batches) -> dict[str, Tensor]:
+    def _gradients_2025(self, net, layers, weights, masks, batches) -> dict[str, Tensor]:
         # "published" leaves the head's real weights in both paths; "body" treats it like every other layer.
         real_head = head_layer(net) if self.head == "published" else None
         if self.kernel_norm == "train" and has_batchnorm(net):
             warnings.warn(
                 "PX kernel_norm='train' (the published 2025 code) on a model with BatchNorm: scores of the "
                 "weights before the last normalisation are float round-off; use kernel_norm='eval'",
-                stacklevel=5,
+                stacklevel=6,
             )
         ref = next(iter(weights.values()))
         real = {f"{n}.weight": m.weight.detach() for n, m in layers}
@@ -283,12 +312,7 @@ class PXScorer(Scorer):
         total = self._kernel_product(net, kernel, buffers, z1_sums, ref)
         total.backward()
         del total, kernel
-        scores = {}
-        for n in weights:
-            # In place on the gradient, one layer at a time: no second full-size set of temporaries.
-            grad = leaves.pop(n).grad
-            scores[n] = grad.mul_(masks[n]).abs_().mul_(self._power(weights[n].clone()))
-        return self._normalise(scores)
+        return {n: torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for n, leaf in leaves.items()}
 
     def _data_path_sums(self, net, layers, real, biases, buffers, masks, batches, real_head) -> dict:
         """``z1`` summed over the batches and samples, per input shape: the activation copy (eval mode,

@@ -95,11 +95,6 @@ class PXResearchScorer(PXScorer):
         self.layer_norm, self.kernel_bn, self.kernel_scale = layer_norm, kernel_bn, kernel_scale
         self.data_bn, self.kernel_power, self.output_weighting = data_bn, kernel_power, output_weighting
 
-    @property
-    def additive(self) -> bool:
-        """As ``PXScorer``'s, and False with ``layer_norm="sum"`` (each rank would normalise its own share)."""
-        return super().additive and self.layer_norm == "none"
-
     def _power(self, t: Tensor) -> Tensor:
         return t.pow_(2) if self.kernel_power == 2 else t.abs_()
 
