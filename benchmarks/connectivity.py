@@ -166,9 +166,8 @@ def main(argv: list[str] | None = None) -> None:
                                 model, options["select"], options["allocate"], batches, density, rounds
                             )
                         else:
-                            masks = find_masks(
-                                model, method, batches, density=density, rounds=rounds, **options
-                            )
+                            scorer = quality.make_scorer(method, options)
+                            masks = find_masks(model, scorer, batches, density=density, rounds=rounds)
                     masks = {n: masks[n] for n in prunable_parameters(model)}
                     counts = path_counts(model, masks, batches[0][0])
                     paths = counts.pop("_paths")

@@ -49,7 +49,8 @@ from px_lightning.pruning import (
     sparsity_report,
     threshold_masks,
 )
-from px_lightning.pruning.scorers import SCORERS, get_scorer
+from px_lightning.pruning.scorers import SCORERS, Scorer, get_scorer
+from px_lightning.pruning.scorers.px_research import PXResearchScorer
 
 HERE = Path(__file__).resolve().parent
 DENSITIES = (0.05, 0.02, 0.01, 0.005)
@@ -57,7 +58,8 @@ SEEDS = (0, 1, 2)  # the table marks cells averaged over another number of seeds
 OUT = HERE / "quality_results.jsonl"
 DEFAULT_STEPS = 80  # training length of every run recorded without "steps" (before it was recorded)
 
-# name -> (method, options). "px" is the library default (kernel_norm="eval"); "px_train" the published code.
+# name -> (method, options). "px" is the library default (kernel_norm="eval"); "px_train" the published code;
+# "px_research": PX with the research options of px_research.PXResearchScorer (see make_scorer).
 METHODS: dict[str, tuple[str | None, dict]] = {
     "dense": (None, {}),
     "random": ("random", {}),
@@ -77,8 +79,11 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     # the per-layer score normalisation (layer_norm="sum"), and the published 100 rounds for PX and SynFlow.
     "px_head_body_bn_warmup_floor0.2": ("px", {"head": "body", "bn_warmup": True, "layer_floor": 0.2}),
     "px_head_body_bn_warmup_floor0.5": ("px", {"head": "body", "bn_warmup": True, "layer_floor": 0.5}),
-    "px_layer_sum": ("px", {"layer_norm": "sum"}),
-    "px_head_body_bn_warmup_layer_sum": ("px", {"head": "body", "bn_warmup": True, "layer_norm": "sum"}),
+    "px_layer_sum": ("px_research", {"layer_norm": "sum"}),
+    "px_head_body_bn_warmup_layer_sum": (
+        "px_research",
+        {"head": "body", "bn_warmup": True, "layer_norm": "sum"},
+    ),
     "synflow_r100": ("synflow", {}),
     "px_head_body_bn_warmup_r100": ("px", {"head": "body", "bn_warmup": True}),
     "px_head_body_bn_warmup_floor0.2_r100": (
@@ -86,7 +91,7 @@ METHODS: dict[str, tuple[str | None, dict]] = {
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2},
     ),
     "px_head_body_bn_warmup_layer_sum_r100": (
-        "px",
+        "px_research",
         {"head": "body", "bn_warmup": True, "layer_norm": "sum"},
     ),
     # Diagnostics, not methods: allocation (how many weights each layer keeps) from one method's iteration,
@@ -104,34 +109,34 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     # copy's BatchNorm as its squared per-channel factor (kernel_bn="squared"), and every squared layer
     # divided by its mean squared weight (kernel_scale="mean_square"). See PXScorer's docstring.
     "px_head_body_bn_warmup_floor0.2_kbn_sq": (
-        "px",
+        "px_research",
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_bn": "squared"},
     ),
     "px_head_body_bn_warmup_floor0.2_kscale_ms": (
-        "px",
+        "px_research",
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_scale": "mean_square"},
     ),
     # Third follow-up (PX spreads its budget over about twice SynFlow's channels, benchmarks/connectivity.py):
     # the data path's BatchNorm as the identity instead of train-mode per-channel renormalisation.
     "px_head_body_bn_warmup_floor0.2_data_id": (
-        "px",
+        "px_research",
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "data_bn": "identity"},
     ),
     # PX's kernel with |w| (SynFlow's) instead of w^2: the data then weight SynFlow's path values by z1.
     "px_head_body_bn_warmup_floor0.2_kp1": (
-        "px",
+        "px_research",
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "kernel_power": 1},
     ),
-    "px_head_body_kp1": ("px", {"head": "body", "kernel_power": 1}),
-    "px_head_body_kp1_r100": ("px", {"head": "body", "kernel_power": 1}),
+    "px_head_body_kp1": ("px_research", {"head": "body", "kernel_power": 1}),
+    "px_head_body_kp1_r100": ("px_research", {"head": "body", "kernel_power": 1}),
     # z1 (the data path's per-class output) replaced by its mean: no per-class feedback in the head.
     "px_head_body_bn_warmup_floor0.2_unif": (
-        "px",
+        "px_research",
         {"head": "body", "bn_warmup": True, "layer_floor": 0.2, "output_weighting": "uniform"},
     ),
-    "px_head_body_unif": ("px", {"head": "body", "output_weighting": "uniform"}),
+    "px_head_body_unif": ("px_research", {"head": "body", "output_weighting": "uniform"}),
     "px_head_body_bn_warmup_floor0.2_kscale_ms_data_id": (
-        "px",
+        "px_research",
         {
             "head": "body",
             "bn_warmup": True,
@@ -142,9 +147,15 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     ),
 }
 SEEDED = {"random", "ntksap"}  # methods that draw random numbers: seeded with the run's seed
-ITERATIVE = {"synflow", "ntksap", "px", "hybrid"}
+ITERATIVE = {"synflow", "ntksap", "px", "px_research", "hybrid"}
 # Variants named "..._rN" run N rounds whatever --rounds says (the rounds are part of the variant).
 FIXED_ROUNDS = {name: int(name.rsplit("_r", 1)[1]) for name in METHODS if name.rsplit("_r", 1)[-1].isdigit()}
+
+
+def make_scorer(method: str, options: dict) -> Scorer:
+    """The scorer of a ``METHODS`` entry: ``"px_research"`` is ``PXResearchScorer``, which the library's
+    method names do not reach; ``find_masks`` and ``compute_scores`` take the object."""
+    return PXResearchScorer(**options) if method == "px_research" else get_scorer(method, **options)
 
 
 def build_model(name: str) -> nn.Module:
@@ -186,7 +197,7 @@ def scoring_batch(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int) -
 def hybrid_masks(model: nn.Module, select: tuple, allocate: tuple, batches, density: float, rounds: int):
     """Per-layer kept counts from ``allocate``'s own iteration, the weights kept within each layer chosen
     by ``select``'s scores (on its own masks), round by round (exponential schedule, global scope)."""
-    sel, alloc = get_scorer(select[0], **select[1]), get_scorer(allocate[0], **allocate[1])
+    sel, alloc = make_scorer(*select), make_scorer(*allocate)
     names = list(prunable_parameters(model))
     weights = {n: model.get_parameter(n).detach().clone() for n in names}
     alloc_masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
@@ -258,7 +269,9 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
                         model, options["select"], options["allocate"], batches, density, rounds
                     )
                 else:
-                    masks = find_masks(model, method, batches, density=density, rounds=rounds, **options)
+                    masks = find_masks(
+                        model, make_scorer(method, options), batches, density=density, rounds=rounds
+                    )
         except (RuntimeError, ValueError) as err:  # e.g. all-zero scores of px_train on BatchNorm
             return {
                 **record,
@@ -312,15 +325,19 @@ def score_shares(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if not r:
-                    scores = compute_scores(model, method, batches, **options)
+                    scores = compute_scores(model, make_scorer(method, options), batches)
                 else:
                     # As find_masks scores round r + 1: the unmasked weights and the masks of round r.
                     masks = find_masks(
-                        model, method, batches, density=density ** (r / rounds), rounds=r, **options
+                        model,
+                        make_scorer(method, options),
+                        batches,
+                        density=density ** (r / rounds),
+                        rounds=r,
                     )
                     weights = {n: model.get_parameter(n).detach().clone() for n in names}
                     with torch.enable_grad():
-                        scores = get_scorer(method, **options).score(model, weights, masks, batches)
+                        scores = make_scorer(method, options).score(model, weights, masks, batches)
             total = sum(float(v.double().sum()) for v in scores.values())
             cells = [f"{100 * float(scores[n].double().sum()) / total:.2f}" for n in names]
             lines.append(
@@ -329,7 +346,9 @@ def score_shares(
         if density:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                masks = find_masks(model, method, batches, density=density, rounds=rounds, **options)
+                masks = find_masks(
+                    model, make_scorer(method, options), batches, density=density, rounds=rounds
+                )
             cells = [str(int(masks[n].sum())) for n in names]
             lines.append(f"| {method_name} | kept | " + " | ".join(cells) + " |")
     return "\n".join(lines)

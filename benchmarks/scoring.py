@@ -7,8 +7,15 @@ forward-backward on an all-ones input of the whole batch; then the global ``kthv
 The library computes the kernel output once per round (it does not depend on the data) and works on
 views of the model instead of three copies. Both compute the same scores: the script checks it.
 
+``--cvpr2024`` compares the ``"cvpr2024"`` variant (the code published with the paper in April 2024)
+against that code's own cost structure, re-stated below: three fresh deep copies per round, then per
+batch an activation forward and a data-path forward without gradient (both the masked network itself in
+``train()`` mode) and a kernel forward-backward on the batch (squared weights, identity activations); the
+library's data path is its activation pass, so a batch costs one forward and one forward-backward.
+
 Usage:
     python benchmarks/scoring.py                          # CIFAR ResNet-20, 100 images 32x32, CPU
+    python benchmarks/scoring.py --cvpr2024               # the same for the cvpr2024 variant
     python benchmarks/scoring.py --model resnet50 --device cuda   # 10 batches of 64 at 224x224 (a GPU)
     python benchmarks/scoring.py --model resnet50 --threshold     # the global threshold alone
 
@@ -115,9 +122,36 @@ def published_scores(model: nn.Module, masks: dict[str, Tensor], batches: list) 
     return {k: leaves[k].grad.abs() * (weights[k] * masks[k]) ** 2 for k in leaves}
 
 
-def published_round(model: nn.Module, masks: dict[str, Tensor], batches: list) -> dict[str, Tensor]:
+def published_scores_2024(model: nn.Module, masks: dict[str, Tensor], batches: list) -> dict[str, Tensor]:
+    """One PX scoring pass of the April-2024 code (the paper's tables), with its cost structure."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    act, data_path, kernel = (copy.deepcopy(model).train() for _ in range(3))  # three fresh copies per round
+    with torch.no_grad():
+        for n in layers:
+            name = f"{n}.weight"
+            act.get_parameter(name).mul_(masks[name])
+            data_path.get_parameter(name).mul_(masks[name])  # its "weights to 1" wrote into another copy
+            bias = kernel.get_submodule(n).bias
+            if bias is not None:
+                bias.pow_(2)
+    weights = {f"{n}.weight": model.get_parameter(f"{n}.weight").detach() for n in layers}
+    leaves = {k: (w**2).clone().requires_grad_(True) for k, w in weights.items()}
+    for x, _ in batches:
+        with torch.no_grad():
+            with _Gates("record"):
+                act(x)  # the activation pass, whose gates the real data path does not need
+            z1 = data_path(x)
+        with _Gates("identity"):  # the kernel forward-backward on the batch itself, every batch
+            z2 = torch.func.functional_call(kernel, {k: leaves[k] * masks[k] for k in leaves}, (x,))
+        (z1 * z2).sum().backward()
+    return {k: leaves[k].grad.abs() * (weights[k] * masks[k]).abs() ** 5 for k in leaves}
+
+
+def published_round(
+    model: nn.Module, masks: dict[str, Tensor], batches: list, scoring=published_scores
+) -> dict[str, Tensor]:
     """Scores, then the published global threshold (``kthvalue``, keep scores strictly above it)."""
-    scores = published_scores(model, masks, batches)
+    scores = scoring(model, masks, batches)
     flat = torch.cat([s.flatten() for s in scores.values()])
     k = int((1 - DENSITY) * flat.numel())
     threshold = torch.kthvalue(flat, k).values
@@ -147,10 +181,26 @@ def setup(args) -> tuple[nn.Module, list, dict[str, Tensor]]:
 
 def methods(model, batches, masks) -> dict:
     return {
-        "api compute_scores": lambda: compute_scores(model, "px", batches),
+        "api compute_scores": lambda: compute_scores(model, "px", batches, variant="2025-eval"),
         "published scoring": lambda: published_scores(model, masks, batches),
-        "api find_masks (1 round)": lambda: find_masks(model, "px", batches, density=DENSITY, rounds=1),
+        "api find_masks (1 round)": lambda: find_masks(
+            model, "px", batches, density=DENSITY, rounds=1, variant="2025-eval"
+        ),
         "published round (+ threshold)": lambda: published_round(model, masks, batches),
+    }
+
+
+def methods_2024(model, batches, masks) -> dict:
+    # The same four keys as methods(): main() compares and reports them alike.
+    return {
+        "api compute_scores": lambda: compute_scores(model, "px", batches, variant="cvpr2024"),
+        "published scoring": lambda: published_scores_2024(model, masks, batches),
+        "api find_masks (1 round)": lambda: find_masks(
+            model, "px", batches, density=DENSITY, rounds=1, variant="cvpr2024"
+        ),
+        "published round (+ threshold)": lambda: published_round(
+            model, masks, batches, published_scores_2024
+        ),
     }
 
 
@@ -178,7 +228,7 @@ def threshold_methods(args) -> dict:
 def _functions(args) -> dict:
     if args.threshold:
         return threshold_methods(args)
-    return methods(*setup(args))
+    return (methods_2024 if args.cvpr2024 else methods)(*setup(args))
 
 
 def _time_interleaved(fns: dict, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -265,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--threshold", action="store_true", help="time the global threshold alone")
     parser.add_argument(
+        "--cvpr2024", action="store_true", help="the cvpr2024 variant against the April-2024 code's structure"
+    )
+    parser.add_argument(
         "--dtype", choices=["float32", "float64"], default="float32", help="--threshold's scores"
     )
     parser.add_argument(
@@ -289,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         threshold_main(args)
         return
     model, batches, masks = setup(args)
-    fns = methods(model, batches, masks)
+    fns = (methods_2024 if args.cvpr2024 else methods)(model, batches, masks)
     # Same scores from both: the comparison is between two implementations of one computation.
     ours, theirs = fns["api compute_scores"](), fns["published scoring"]()
     rel = max(float((ours[n] - theirs[n]).abs().max() / theirs[n].abs().max()) for n in ours)
@@ -298,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     times, cpu = _time_interleaved(fns, args)
     result = {
         "model": args.model,
+        "variant": "cvpr2024" if args.cvpr2024 else "2025-eval",
         "device": torch.cuda.get_device_name(args.device)
         if args.device.startswith("cuda")
         else platform.processor() or platform.machine(),
@@ -320,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_memory:
         result["peak_memory_MiB"] = {n: peak_memory(args, n) / 2**20 for n in fns}
     print(
-        f"{result['model']} on {args.device} ({result['device']}, {args.threads} threads), {result['data']}"
+        f"PX {result['variant']}: {result['model']} on {args.device} ({result['device']}, {args.threads} threads), {result['data']}"
         + ("" if result["tf32"] is None else f", TF32 {'on' if result['tf32'] else 'off'}")
     )
     print(f"scores agree: max relative difference {rel:.2e}")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .pruning.masks import get_masks, plain_copy
+from .pruning.copies import plain_copy
+from .pruning.masks import get_masks
 from .pruning.scorers.base import batch_inputs, model_output
 
 _PARAMS = ("all", "prunable")

@@ -513,7 +513,6 @@ def test_callback_reused_on_a_new_module_prunes_it_afresh(tmp_path):
         ("px", "auto", False),  # the callback's PX default warms BatchNorm up on all the scoring batches
         (CountingPX(), "auto", True),
         (CountingPX(bn_warmup=True), "auto", False),
-        (CountingPX(layer_norm="sum"), "auto", False),
         ("snip", "auto", False),
         ("grasp", "auto", False),
         ("magnitude", "auto", False),

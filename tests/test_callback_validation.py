@@ -124,7 +124,7 @@ def test_px_builds_its_fit_scorer_with_bn_warmup_decided_and_leaves_the_first_on
     _fit(tmp_path, callback, trained)
     assert callback.scorer is not built and callback.scorer.bn_warmup is False
     assert (callback.scorer.head, callback.scorer.layer_floor) == ("body", 0.2)  # the callback's PX defaults
-    assert callback.shard_scoring is True  # PX without warm-up declares additive scores
+    assert callback.shard_scoring is True  # PX without warm-up declares exact sharding
     assert _options(built) == before  # the constructor's scorer was not changed
 
     # The same callback on a fresh network (statistics 0/1): a new scorer again, warm-up on.
@@ -133,11 +133,10 @@ def test_px_builds_its_fit_scorer_with_bn_warmup_decided_and_leaves_the_first_on
     assert callback.scorer.bn_warmup is True and callback.method_options["bn_warmup"] is True
 
 
-def test_scorers_declare_whether_their_scores_add_over_batches():
-    assert get_scorer("px").additive is True
-    assert get_scorer("px", bn_warmup=True).additive is False
-    assert get_scorer("px", layer_norm="sum").additive is False
-    assert MagnitudeScorer().additive is False and get_scorer("snip").additive is False
+def test_scorers_declare_whether_their_scoring_shards_exactly():
+    assert get_scorer("px").shardable is True
+    assert get_scorer("px", bn_warmup=True).shardable is False
+    assert MagnitudeScorer().shardable is False and get_scorer("snip").shardable is False
 
 
 def test_all_zero_scores_surface_as_zero_scores_error_naming_the_scoring_data(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks, threshold_masks
-from px_lightning.pruning.scorers import get_scorer
+from px_lightning.pruning.scorers.px_research import PXResearchScorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
 import models as conformance_models
@@ -125,7 +125,7 @@ def test_bad_options_are_named():
 def test_layer_norm_sum_divides_each_layers_scores_by_its_total():
     model, data = small_cnn(), batches()
     raw = compute_scores(model, "px", data)
-    normed = compute_scores(model, "px", data, layer_norm="sum")
+    normed = compute_scores(model, PXResearchScorer(layer_norm="sum"), data)
     for name, s in raw.items():
         assert torch.allclose(normed[name], s / s.sum(), rtol=1e-12, atol=0), name
         assert math.isclose(float(normed[name].sum()), 1.0, rel_tol=1e-9), name
@@ -140,7 +140,7 @@ def test_layer_norm_sum_divides_each_layers_scores_by_its_total():
 
 def test_layer_norm_sum_keeps_pruned_weights_pruned_and_balances_the_layers():
     model, data = small_cnn(), batches()
-    masks = find_masks(model, "px", data, density=0.02, rounds=4, layer_norm="sum")
+    masks = find_masks(model, PXResearchScorer(layer_norm="sum"), data, density=0.02, rounds=4)
     kept = {n: int(m.sum()) for n, m in masks.items()}
     assert all(k > 0 for k in kept.values()), kept  # no layer collapses
     # Iterated per-layer conservation keeps comparable counts in every layer (raw PX does not here).
@@ -148,11 +148,13 @@ def test_layer_norm_sum_keeps_pruned_weights_pruned_and_balances_the_layers():
     # A fully pruned layer (all-zero scores) stays all zero instead of becoming NaN.
     emptied = {n: torch.ones_like(m) for n, m in masks.items()}
     emptied["conv2.weight"] = torch.zeros_like(masks["conv2.weight"])
-    scores = compute_scores(apply_masks(copy.deepcopy(model), emptied), "px", data, layer_norm="sum")
+    scores = compute_scores(
+        apply_masks(copy.deepcopy(model), emptied), PXResearchScorer(layer_norm="sum"), data
+    )
     assert not bool(scores["conv2.weight"].any())
     assert all(bool(torch.isfinite(s).all()) for s in scores.values())
     with pytest.raises(ValueError, match="layer_norm"):
-        compute_scores(model, "px", data, layer_norm="mean")
+        compute_scores(model, PXResearchScorer(layer_norm="mean"), data)
 
 
 class _Residual(nn.Module):
@@ -198,7 +200,7 @@ def test_kernel_scale_mean_square_matches_a_direct_computation_on_a_residual_blo
     masks = {n: torch.ones_like(v, dtype=torch.bool) for n, v in weights.items()}
     masks["b.weight"] = mask_b
     # As find_masks calls it: the unmasked weights and the current masks.
-    scaled = get_scorer("px", head="body", kernel_scale="mean_square").score(model, weights, masks, [x])
+    scaled = PXResearchScorer(head="body", kernel_scale="mean_square").score(model, weights, masks, [x])
     for name, ref in expected.items():
         assert torch.allclose(scaled[name], ref, rtol=1e-12, atol=0), name
     # It moves score from the shortcut to the branch: the shortcut's share drops below the default's.
@@ -218,7 +220,7 @@ def test_kernel_scale_mean_square_only_rescales_a_chain():
     model = _chain(outputs=3)
     x = torch.randn(4, 5, dtype=torch.float64)
     plain = compute_scores(model, "px", [x], head="body")
-    scaled = compute_scores(model, "px", [x], head="body", kernel_scale="mean_square")
+    scaled = compute_scores(model, PXResearchScorer(head="body", kernel_scale="mean_square"), [x])
     factor = math.prod(float((m.weight.detach() ** 2).mean()) for m in model if isinstance(m, nn.Linear))
     for name in plain:
         assert torch.allclose(scaled[name] * factor, plain[name], rtol=1e-10, atol=0), name
@@ -261,7 +263,7 @@ def test_kernel_bn_squared_matches_a_direct_computation():
     model = _linear_bn_linear()
     x = torch.randn(8, 5, dtype=torch.float64)
     expected = _squared_bn_reference(model, x)
-    got = compute_scores(model, "px", [x], head="body", kernel_bn="squared")
+    got = compute_scores(model, PXResearchScorer(head="body", kernel_bn="squared"), [x])
     affine = compute_scores(model, "px", [x], head="body")
     for name, ref in expected.items():
         assert torch.allclose(got[name], ref, rtol=1e-12, atol=0), name
@@ -277,8 +279,8 @@ def test_kernel_bn_squared_with_warmup_is_invariant_to_the_scale_of_a_conv_befor
         scaled.conv2.weight.mul_(3.0)
         scaled.conv2.bias.mul_(3.0)
     opts = {"head": "body", "bn_warmup": True}
-    a = compute_scores(model, "px", data, kernel_bn="squared", **opts)
-    b = compute_scores(scaled, "px", data, kernel_bn="squared", **opts)
+    a = compute_scores(model, PXResearchScorer(kernel_bn="squared", **opts), data)
+    b = compute_scores(scaled, PXResearchScorer(kernel_bn="squared", **opts), data)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=0), name
     a_affine = compute_scores(model, "px", data, **opts)
@@ -289,11 +291,11 @@ def test_kernel_bn_squared_with_warmup_is_invariant_to_the_scale_of_a_conv_befor
 def test_kernel_options_are_validated():
     model, data = small_cnn(), batches()
     with pytest.raises(ValueError, match="kernel_bn"):
-        compute_scores(model, "px", data, kernel_bn="square")
+        compute_scores(model, PXResearchScorer(kernel_bn="square"), data)
     with pytest.raises(ValueError, match="kernel_norm='eval'"):
-        compute_scores(model, "px", data, kernel_bn="squared", kernel_norm="train")
+        compute_scores(model, PXResearchScorer(kernel_bn="squared", kernel_norm="train"), data)
     with pytest.raises(ValueError, match="kernel_scale"):
-        compute_scores(model, "px", data, kernel_scale="fan_in")
+        compute_scores(model, PXResearchScorer(kernel_scale="fan_in"), data)
 
 
 @pytest.mark.parametrize("option", [{"kernel_bn": "squared"}, {"data_bn": "identity"}])
@@ -303,7 +305,9 @@ def test_options_that_need_batchnorm_statistics_say_so(option):
     )
     name, value = next(iter(option.items()))
     with pytest.raises(ValueError, match=rf"{name}='{value}' needs .*'1' has track_running_stats=False"):
-        compute_scores(no_stats.double(), "px", [torch.randn(4, 5, dtype=torch.float64)], **option)
+        compute_scores(
+            no_stats.double(), PXResearchScorer(**option), [torch.randn(4, 5, dtype=torch.float64)]
+        )
 
 
 def test_data_bn_identity_matches_a_direct_computation():
@@ -321,7 +325,7 @@ def test_data_bn_identity_matches_a_direct_computation():
     z2 = s2 @ ((s1 @ ones - bn.running_mean) / sigma * gamma + beta)  # eval-mode BatchNorm, affine
     (z1 * z2).sum().backward()
     expected = {"0.weight": s1.grad.abs() * w1**2, "3.weight": s2.grad.abs() * w2**2}
-    got = compute_scores(model, "px", [x], head="body", data_bn="identity")
+    got = compute_scores(model, PXResearchScorer(head="body", data_bn="identity"), [x])
     for name, ref in expected.items():
         assert torch.allclose(got[name], ref, rtol=1e-12, atol=0), name
     published = compute_scores(model, "px", [x], head="body")
@@ -329,7 +333,7 @@ def test_data_bn_identity_matches_a_direct_computation():
     # The caller's BatchNorm is untouched, and the option is validated.
     assert model[1].weight.min() >= 0.5 and float(model[1].running_var.min()) >= 0.5
     with pytest.raises(ValueError, match="data_bn"):
-        compute_scores(model, "px", [x], data_bn="eval")
+        compute_scores(model, PXResearchScorer(data_bn="eval"), [x])
 
 
 def test_kernel_power_one_gives_synflow_scores_weighted_by_the_data_path():
@@ -337,7 +341,7 @@ def test_kernel_power_one_gives_synflow_scores_weighted_by_the_data_path():
     # SynFlow's times the data path's scalar z1 (the same factor for every weight).
     model = _chain(outputs=1)
     x = torch.randn(8, 5, dtype=torch.float64)
-    px = compute_scores(model, "px", [x], head="body", kernel_power=1)
+    px = compute_scores(model, PXResearchScorer(head="body", kernel_power=1), [x])
     synflow = compute_scores(model, "synflow", [x])
     ratios = torch.cat([(px[n] / synflow[n]).flatten() for n in px])
     assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-10, atol=0)
@@ -347,9 +351,9 @@ def test_kernel_power_one_gives_synflow_scores_weighted_by_the_data_path():
     assert not torch.equal(squared["2.weight"].flatten().argsort(), px["2.weight"].flatten().argsort())
     for bad in (3, True, "1"):
         with pytest.raises(ValueError, match="kernel_power"):
-            compute_scores(model, "px", [x], kernel_power=bad)
+            compute_scores(model, PXResearchScorer(kernel_power=bad), [x])
     with pytest.raises(ValueError, match="kernel_power=1"):
-        compute_scores(model, "px", [x], kernel_power=1, kernel_scale="mean_square")
+        compute_scores(model, PXResearchScorer(kernel_power=1, kernel_scale="mean_square"), [x])
 
 
 def test_output_weighting_uniform_with_kernel_power_one_is_synflow_on_a_masked_model():
@@ -368,10 +372,10 @@ def test_output_weighting_uniform_with_kernel_power_one_is_synflow_on_a_masked_m
         return torch.cat([(scores[n] / synflow[n])[synflow[n] > 0] for n in scores])
 
     uniform = ratios(
-        compute_scores(model, "px", [x], head="body", kernel_power=1, output_weighting="uniform")
+        compute_scores(model, PXResearchScorer(head="body", kernel_power=1, output_weighting="uniform"), [x])
     )
     assert torch.allclose(uniform, uniform[0].expand_as(uniform), rtol=1e-10, atol=0)
-    per_class = ratios(compute_scores(model, "px", [x], head="body", kernel_power=1))
+    per_class = ratios(compute_scores(model, PXResearchScorer(head="body", kernel_power=1), [x]))
     assert float(per_class.max() / per_class.min()) > 1.5
     with pytest.raises(ValueError, match="output_weighting"):
-        compute_scores(model, "px", [x], output_weighting="balanced")
+        compute_scores(model, PXResearchScorer(output_weighting="balanced"), [x])

@@ -121,14 +121,12 @@ class ForesightPruningCallback(Callback):
             ``shared/conformance/README.md``). SNIP and GraSP score with the LightningModule's ``loss_fn``
             attribute when it has one (so a segmenter's ``ignore_index=255`` holds), else cross-entropy.
         distributed_scoring: Under DDP, ``"shard"``: each rank scores its share of whole scoring batches
-            and the scores are summed across ranks before each round's threshold (data-parallel);
-            ``"replicate"``: every rank scores all batches (no faster than one device, exactly the
-            single-process masks); ``"auto"`` (default): shard where the scorer declares its scores additive over
-            batches (``Scorer.additive``: PX without ``bn_warmup`` or ``layer_norm="sum"``), replicate
-            otherwise.
-            Sharding gives one process's masks only where scores add over batches: PX nearly does (IoU
-            0.9996 with one process on a CIFAR ResNet-20, one-shot at density 0.1, two shards), SNIP and
-            GraSP do not (IoU about 0.6: SNIP normalises per call, GraSP's Hessian term is not additive),
+            and the summable part of the scores (``Scorer.partial_scores``) is summed across ranks before
+            each round's threshold (data-parallel); ``"replicate"``: every rank scores all batches (no
+            faster than one device, exactly the single-process masks); ``"auto"`` (default): shard where
+            the scorer declares sharding exact (``Scorer.shardable``: PX without ``bn_warmup``, whose
+            signed gradient sums add over batches), replicate otherwise. SNIP and GraSP sharded are not the
+            one-process scores (IoU about 0.6: SNIP normalises per call, GraSP's Hessian term is not additive),
             and the data-free methods gain nothing from it. Rank 0's masks are broadcast at the end.
     Example:
         >>> trainer = L.Trainer(callbacks=[ForesightPruningCallback(method="px", density=0.018, rounds=100)])
@@ -424,12 +422,12 @@ class ForesightPruningCallback(Callback):
     def shard_scoring(self) -> bool:
         """Whether DDP ranks score shares of the batches (``distributed_scoring``, ``"auto"`` resolved).
 
-        ``"auto"`` shards where the scorer declares that its scores add over batches (``Scorer.additive``):
+        ``"auto"`` shards where the scorer declares exact sharding (``Scorer.shardable``):
         BatchNorm warm-up on a rank's share, or per-layer normalisation of a rank's partial scores, would
         not give one process's scores.
         """
         if self.distributed_scoring == "auto":
-            return self.scorer.additive
+            return self.scorer.shardable
         return self.distributed_scoring == "shard"
 
     def _progress_bar(self, trainer: pl.Trainer):

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .masks import get_masks, plain_copy
+from .copies import ActivationGates, identity_norms, plain_copy
+from .masks import get_masks
 from .scorers.base import model_output
-from .scorers.px import _GateMode, _identity_norms
 
 _MAX_TO_AVG = {
     nn.MaxPool1d: nn.AvgPool1d,
@@ -67,7 +67,7 @@ def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         if type(module) in _MAX_TO_AVG:
             parent, _, attr = name.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, attr, _average_pool(module))
-    identity = _identity_norms(net, "effective_masks", "")  # BatchNorm statistics and affine parameters
+    identity = identity_norms(net, "effective_masks", "")  # BatchNorm statistics and affine parameters
     for name in unmodelled_norms(net):
         warnings.warn(
             f"effective_masks: {type(net.get_submodule(name)).__name__} {name!r} is not made the identity "
@@ -133,7 +133,7 @@ def effective_masks(
     ]
     try:
         ones = torch.ones((1, *example_input.shape[1:]), dtype=torch.float64, device=device)
-        with _GateMode("identity"):
+        with ActivationGates("identity"):
             out = torch.func.functional_call(net, leaves, (ones,), strict=False)
         model_output(out).sum().backward()
     finally:

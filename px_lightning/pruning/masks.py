@@ -7,7 +7,6 @@ mask is part of the ``state_dict`` (``layer.parametrizations.weight.0.mask``).
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Mapping
 
@@ -145,28 +144,3 @@ def remove_masks(model: nn.Module) -> nn.Module:
                     )
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
-
-
-def plain_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` without parametrizations, each tensor at its effective (masked) value.
-
-    ``remove_parametrizations`` on a deep copy fails (the copy shares the parametrized class with the
-    original), so the copy is de-parametrized by hand: its class set back to the original one and each
-    parametrized tensor registered as a plain Parameter.
-    """
-    net = copy.deepcopy(model)
-    for module in net.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        values = {attr: getattr(module, attr).detach().clone() for attr in module.parametrizations}
-        # The tensor is trainable if its original is; a multi-input parametrization (weight_norm) holds
-        # original0, original1, ... instead of original.
-        requires = {
-            attr: any(t.requires_grad for t in module.parametrizations[attr].parameters(recurse=False))
-            for attr in values
-        }
-        module.__class__ = type(module).__bases__[0]
-        del module._modules["parametrizations"]
-        for attr, value in values.items():
-            module._parameters[attr] = nn.Parameter(value, requires_grad=requires[attr])
-    return net

@@ -139,8 +139,9 @@ def find_masks(
     ``rounds`` defaults to the scorer's ``default_rounds``: 1 for one-shot methods, 20 for NTK-SAP (its
     authors' CIFAR runs), 100 otherwise. Continues from masks already on
     the model. Returns ``{param_name: bool Tensor}``; the model is left untouched.
-    ``progress(done, rounds)`` is called after each round; ``reduce_scores`` maps each round's scores
-    before thresholding (the Lightning callback sums them across data-parallel ranks with it). With more
+    ``progress(done, rounds)`` is called after each round; ``reduce_scores`` maps each round's
+    ``Scorer.partial_scores`` before ``Scorer.finish_scores`` makes them scores (the Lightning callback sums
+    them across data-parallel ranks with it: exact where the scorer is ``shardable``). With more
     than one round, batches on the host are copied to the model's accelerator once for all rounds when they
     fit in a quarter of its free memory.
 
@@ -197,9 +198,12 @@ def find_masks(
     start_masks, first_scores = masks, None
     for done, round_density in enumerate(densities, start=1):
         with torch.enable_grad():  # scorers differentiate, also when the caller is inside torch.no_grad()
-            scores = scorer.score(model, weights, masks, batches, loss_fn)
-        if reduce_scores is not None:
-            scores = reduce_scores(scores)
+            if reduce_scores is None:
+                scores = scorer.score(model, weights, masks, batches, loss_fn)
+            else:  # the summable part is reduced (across ranks), then finished into scores
+                partial = reduce_scores(scorer.partial_scores(model, weights, masks, batches, loss_fn))
+                scores = scorer.finish_scores(partial, weights, masks)
+                del partial
         _check_scores(scores, scorer.name)
         if all(not bool(s.any()) for s in scores.values()):
             raise ZeroScoresError(

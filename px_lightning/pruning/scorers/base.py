@@ -71,7 +71,8 @@ class Scorer:
 
     What callers need to know about a method it declares here, rather than callers testing for its class:
     ``one_shot`` (a single round by default, ``default_rounds``), ``needs_data`` (whether ``batches`` may
-    be empty), ``additive`` (whether scores add over batches, so data-parallel ranks may score shares) and
+    be empty), ``shardable`` (whether data-parallel ranks may score shares of the batches: the sums of
+    ``partial_scores`` then finish into the one-process scores) and
     ``thresholding`` (constraints the method asks of the threshold).
 
     Example:
@@ -87,11 +88,29 @@ class Scorer:
     needs_data: bool = True
 
     @property
-    def additive(self) -> bool:
-        """Whether one round's scores are the sum of the scores of each scoring batch alone (up to float
-        round-off), so data-parallel ranks can each score a share of the batches and sum the scores. False
-        unless a scorer declares it (a normalised or non-linear function of the batch is not additive)."""
+    def shardable(self) -> bool:
+        """Whether ``partial_scores`` of shares of the batches, summed, equal ``partial_scores`` of all of
+        them (up to float round-off), so data-parallel ranks can each score a share, sum, and finish with
+        ``finish_scores``: exact sharded scoring. False unless a scorer declares it."""
         return False
+
+    def partial_scores(
+        self,
+        model: nn.Module,
+        weights: dict[str, Tensor],
+        masks: dict[str, Tensor],
+        batches: Iterable,
+        loss_fn: nn.Module | None = None,
+    ) -> dict[str, Tensor]:
+        """The part of one round's scoring that sums over batches (arguments as ``score``'s); by default
+        the scores themselves. ``finish_scores`` turns the (summed) parts into scores."""
+        return self.score(model, weights, masks, batches, loss_fn)
+
+    def finish_scores(
+        self, partial: dict[str, Tensor], weights: dict[str, Tensor], masks: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The scores from ``partial_scores`` summed over every batch; by default ``partial`` as it is."""
+        return partial
 
     def thresholding(self, weights: dict[str, Tensor], model: nn.Module) -> dict:
         """Keyword arguments for ``threshold_masks`` (``dense``, ``layer_floor``) this scorer asks for.

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..masks import plain_copy
+from ..copies import plain_copy
 from .base import Scorer, labelled_batch, model_output
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..masks import plain_copy
+from ..copies import plain_copy
 from ..targets import PRUNABLE_TYPES
 from .base import Scorer, batch_inputs, check_seed, model_output
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..masks import plain_copy
+from ..copies import plain_copy
 from .base import Scorer, labelled_batch, model_output
 
 

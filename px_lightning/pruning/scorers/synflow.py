@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..masks import plain_copy
+from ..copies import plain_copy
 from .base import Scorer, batch_inputs, model_output
 
 
