@@ -101,10 +101,11 @@ class CountingPX(PXScorer):
         self.calls = 0
         self.batch_counts: list[int] = []
 
-    def score(self, model, weights, masks, batches, loss_fn=None):
+    def gradient_sums(self, model, weights, masks, batches):
+        # Counted here: one call a round, whether find_masks scores whole (score) or sharded (partial_scores).
         self.calls += 1
         self.batch_counts.append(len(batches))
-        return super().score(model, weights, masks, batches, loss_fn)
+        return super().gradient_sums(model, weights, masks, batches)
 
 
 class CountingMagnitude(MagnitudeScorer):

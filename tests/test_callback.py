@@ -551,9 +551,9 @@ def test_loss_based_scorers_use_the_modules_loss_fn(tmp_path):
 
 
 def test_px_defaults_of_the_callback_and_the_published_override():
+    # One PX everywhere: the callback adds no options; its PX is find_masks' default, the CVPR 2024 code.
     default = ForesightPruningCallback(method="px", density=0.1)
-    assert (default.scorer.head, default.scorer.bn_warmup, default.scorer.layer_floor) == ("body", True, 0.2)
-    assert default.scorer.kernel_norm == "eval"
+    assert default.method_options == {} and default.scorer.variant == "cvpr2024"
     authors = {"kernel_norm": "train", "head": "published", "bn_warmup": False, "layer_floor": 0}
     published = ForesightPruningCallback(method="PX", density=0.1, method_options=authors)
     scorer = published.scorer
@@ -570,7 +570,7 @@ def test_method_options_keyed_by_method_apply_to_the_chosen_method_only():
     # A config states PX's options and still switches method with one override (`method=snip`).
     options = {"px": {"head": "published", "layer_floor": 0.1}, "random": {"seed": 3}}
     px = ForesightPruningCallback(method="px", density=0.1, method_options=options)
-    assert (px.scorer.head, px.scorer.layer_floor, px.scorer.bn_warmup) == ("published", 0.1, True)
+    assert (px.scorer.head, px.scorer.layer_floor, px.scorer.bn_warmup) == ("published", 0.1, False)
     snip = ForesightPruningCallback(method="snip", density=0.1, method_options=options)
     assert snip.method_options == {} and snip.scorer.name == "snip"
     assert ForesightPruningCallback(method="random", density=0.1, method_options=options).scorer.seed == 3
@@ -589,51 +589,31 @@ def _px_fit(tmp_path, module, caplog, **options):
     return callback
 
 
-def test_px_bn_warmup_default_follows_the_models_batchnorm_statistics(tmp_path, caplog):
+@pytest.mark.parametrize("statistics", ["initial", "trained"])
+def test_the_default_px_of_find_masks_and_of_the_callback_give_identical_masks(tmp_path, caplog, statistics):
     import copy
 
     batches = [next(iter(TensorDataModule(make_tensors(32)).train_dataloader()))]
-    px = {"head": "body", "layer_floor": 0.2}
-
-    # At initialisation (running statistics 0/1): warmed up on the scoring data.
     pl.seed_everything(12)
-    fresh = LitClassifier()
-    expected = find_masks(copy.deepcopy(fresh), "px", batches, density=0.3, rounds=2, bn_warmup=True, **px)
-    callback = _px_fit(tmp_path, fresh, caplog)
-    assert callback.scorer.bn_warmup is True and "bn_warmup=False" not in caplog.text
-    masks = get_masks(fresh)
-    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+    module = LitClassifier()
+    if statistics == "trained":  # running statistics away from 0/1, as a pre-trained backbone's
+        module.train()
+        with torch.no_grad():
+            module(torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(1)) * 4 + 2)
+    expected = find_masks(copy.deepcopy(module), "px", batches, density=0.3, rounds=2)
+    callback = _px_fit(tmp_path, module, caplog)
+    masks = get_masks(module)
+    assert set(masks) == set(expected) and all(torch.equal(masks[n], expected[n]) for n in expected)
+    # A 2025 option set by the user is passed as given, as find_masks would take it.
+    warm = find_masks(copy.deepcopy(module), "px", batches, density=0.3, rounds=2, bn_warmup=True)
+    assert any(not torch.equal(masks[n], warm[n]) for n in warm)
+    assert callback.scorer.variant == "cvpr2024"
 
-    # Statistics updated by a train-mode forward (as a pre-trained backbone's): scored with them, logged.
-    caplog.clear()
-    pl.seed_everything(12)
-    trained = LitClassifier()
-    trained.train()
-    bns = [m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.momentum = None  # cumulative average: one batch gives its own statistics, far from 0/1
-    with torch.no_grad():
-        trained(torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(1)) * 4 + 2)
-    for bn in bns:
-        bn.momentum = 0.1
-    assert int(trained.net.bn1.num_batches_tracked) == 1
-    statistics = {k: v.clone() for k, v in trained.state_dict().items() if "running" in k}
-    expected = find_masks(copy.deepcopy(trained), "px", batches, density=0.3, rounds=2, bn_warmup=False, **px)
-    callback = _px_fit(tmp_path, trained, caplog)
-    assert callback.scorer.bn_warmup is False and callback.method_options["bn_warmup"] is False
-    assert "bn_warmup=False: the model's BatchNorm layers hold trained running statistics" in caplog.text
-    masks = get_masks(trained)
-    assert all(torch.equal(masks[n], expected[n]) for n in expected)
-    warm = find_masks(copy.deepcopy(trained), "px", batches, density=0.3, rounds=2, bn_warmup=True, **px)
-    assert any(not torch.equal(masks[n], warm[n]) for n in warm)  # the choice changes the masks here
-    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in statistics.items())  # model untouched
 
-    # Set by the user: kept as given, whatever the statistics.
+def test_px_options_set_by_the_user_are_used_as_given(tmp_path, caplog):
     pl.seed_everything(12)
-    forced = LitClassifier()
-    forced.load_state_dict(trained.state_dict(), strict=False)
-    callback = _px_fit(tmp_path, forced, caplog, method_options={"bn_warmup": True})
-    assert callback.scorer.bn_warmup is True
+    callback = _px_fit(tmp_path, LitClassifier(), caplog, method_options={"bn_warmup": True})
+    assert callback.scorer.bn_warmup is True and callback.scorer.variant == "2025-eval"
 
 
 def test_density_one_is_the_dense_baseline_without_scoring(tmp_path, caplog):

@@ -101,7 +101,7 @@ def _options(scorer) -> dict:
 
 
 def test_a_users_scorer_object_is_the_one_used_and_left_unchanged(tmp_path):
-    scorer = CountingPX()  # bn_warmup False: not the callback's default, and not the callback's to change
+    scorer = CountingPX()  # a scorer object: used as it is
     before = _options(scorer)
     callback = ForesightPruningCallback(method=scorer, density=0.3, rounds=2, num_batches=1, verbose=False)
     pl.seed_everything(3)
@@ -110,27 +110,14 @@ def test_a_users_scorer_object_is_the_one_used_and_left_unchanged(tmp_path):
     assert _options(scorer) == before
 
 
-def test_px_builds_its_fit_scorer_with_bn_warmup_decided_and_leaves_the_first_one_alone(tmp_path):
+def test_px_scores_with_the_scorer_built_by_the_constructor_unchanged(tmp_path):
     callback = ForesightPruningCallback(method="px", density=0.3, rounds=2, num_batches=1, verbose=False)
     built = callback.scorer
-    assert built.bn_warmup is True and callback.shard_scoring is False  # warm-up: scores do not add
     before = _options(built)
-
-    pl.seed_everything(4)
-    trained = LitClassifier()
-    trained.train()
-    with torch.no_grad():  # trained running statistics: PX scores with them, bn_warmup off
-        trained(torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(1)) * 3 + 1)
-    _fit(tmp_path, callback, trained)
-    assert callback.scorer is not built and callback.scorer.bn_warmup is False
-    assert (callback.scorer.head, callback.scorer.layer_floor) == ("body", 0.2)  # the callback's PX defaults
-    assert callback.shard_scoring is True  # PX without warm-up declares exact sharding
-    assert _options(built) == before  # the constructor's scorer was not changed
-
-    # The same callback on a fresh network (statistics 0/1): a new scorer again, warm-up on.
+    assert callback.shard_scoring is True  # the default PX (cvpr2024) declares exact sharding
     pl.seed_everything(4)
     _fit(tmp_path, callback, LitClassifier())
-    assert callback.scorer.bn_warmup is True and callback.method_options["bn_warmup"] is True
+    assert callback.scorer is built and _options(built) == before
 
 
 def test_scorers_declare_whether_their_scoring_shards_exactly():

@@ -60,16 +60,10 @@ from ..pruning.validation import (
 from ._checkpoint import PlainKeyLoader, PlainKeyWriter, match_dense_optimizer_states, to_plain_keys
 from ._distributed import all_reduce_sum, broadcast_masks, check_same_batches, shared_generator
 from ._masked import mask_module, original, owner, zero_pruned
-from ._options import (
-    PX_CALLBACK_DEFAULTS,
-    callback_options,
-    decide_bn_warmup,
-    initial_bn_statistics,
-    options_for,
-)
+from ._options import options_for
 from ._scoring_data import draw_scoring_batches, module_loss
 
-__all__ = ["PX_CALLBACK_DEFAULTS", "ForesightPruningCallback"]
+__all__ = ["ForesightPruningCallback"]
 
 DISTRIBUTED_SCORING = ("auto", "shard", "replicate")
 
@@ -111,13 +105,12 @@ class ForesightPruningCallback(Callback):
         method_options: Options of the scoring method, e.g. ``{"kernel_norm": "eval"}`` for PX or
             ``{"seed": 0}`` for random; or keyed by method name, ``{"px": {"head": "body"}}``, so that only
             the chosen method's options apply (a config can state PX's options and still switch ``method``
-            with one override). For ``method="px"`` the callback adds ``head="body"``, ``bn_warmup=True``
-            and ``layer_floor=0.2`` unless given here (``PX_CALLBACK_DEFAULTS``: they keep the classifier
-            and the residual blocks alive at low density). ``bn_warmup`` left unset is decided at fit start:
-            on only if every BatchNorm layer still has its initial statistics (0/1, no batch tracked); a
-            pre-trained or trained network is scored with its own statistics (``bn_warmup=False``, logged).
-            ``{"kernel_norm": "train", "head": "published", "bn_warmup": False, "layer_floor": 0}`` is the
-            authors' scoring exactly (``kernel_norm="train"`` is degenerate on BatchNorm networks:
+            with one override). The callback adds none of its own: ``method="px"`` with no options is
+            ``find_masks(model, "px")``'s PX, the CVPR 2024 computation (``variant="cvpr2024"``); PX's other
+            variants and options are those of ``PXScorer`` (e.g. ``{"variant": "2025-eval", "head": "body",
+            "bn_warmup": True, "layer_floor": 0.2}``, the 2025 code made well-posed with the options against
+            layer collapse; ``{"kernel_norm": "train"}`` the 2025 code as published, degenerate on BatchNorm
+            networks:
             ``shared/conformance/README.md``). SNIP and GraSP score with the LightningModule's ``loss_fn``
             attribute when it has one (so a segmenter's ``ignore_index=255`` holds), else cross-entropy.
         distributed_scoring: Under DDP, ``"shard"``: each rank scores its share of whole scoring batches
@@ -212,12 +205,9 @@ class ForesightPruningCallback(Callback):
         if method_options is not None and not isinstance(method_options, dict):
             raise TypeError(f"method_options must be a mapping or None, got {type(method_options).__name__}")
         self.method = method
-        # The user's options win over the callback's PX defaults; bn_warmup left open is decided at fit start.
-        self.method_options, self._decide_bn_warmup = callback_options(
-            method, options_for(method, method_options or {})
-        )
-        # Built now so that a wrong method name or option fails when the callback is built. The fit's scorer
-        # is this one, or one built afresh with the fit-start decisions (never this one changed).
+        # As given: the callback's PX is find_masks' PX, defaults included.
+        self.method_options = options_for(method, method_options or {})
+        # Built now so that a wrong method name or option fails when the callback is built; never changed.
         self.scorer = get_scorer(method, **self.method_options)
         # As find_masks reads them: a single string is one pattern, not a sequence of one-letter patterns.
         self.include = as_patterns(include, "include") or None
@@ -327,7 +317,6 @@ class ForesightPruningCallback(Callback):
                 )
                 masks = {n: torch.ones_like(mask_module(pl_module, n).mask) for n in self._names}
             else:
-                self.scorer = self._fit_scorer(trainer, pl_module)
                 masks = self._score(trainer, pl_module)
             generator = shared_generator(trainer.strategy) if (self.reshuffle or self.reinit) else None
             if self.reshuffle:
@@ -346,24 +335,6 @@ class ForesightPruningCallback(Callback):
         example, self._example = self._example, None
         self.report = sparsity_report(pl_module, _effective_input(pl_module, example))
         self._log(trainer)
-
-    def _fit_scorer(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Scorer:
-        """The scorer of this fit: the constructor's, or one built with PX's ``bn_warmup`` decided now."""
-        if not self._decide_bn_warmup:
-            return self.scorer
-        initial = initial_bn_statistics(pl_module)
-        # Rank 0 decides for every rank, so all ranks score the same way (DDP syncs buffers anyway).
-        initial = trainer.strategy.broadcast(initial, src=0)
-        self.method_options["bn_warmup"] = decide_bn_warmup(initial)
-        if initial is False:
-            rank_zero_info(
-                "ForesightPruningCallback: PX bn_warmup=False: the model's BatchNorm layers hold trained "
-                "running statistics (not the initial 0/1; e.g. a pre-trained backbone), which PX scores with. "
-                "Set method_options={'px': {'bn_warmup': True}} to estimate them on the scoring data instead"
-            )
-        elif initial is None:
-            rank_zero_info("ForesightPruningCallback: PX bn_warmup=False: the model has no BatchNorm layer")
-        return get_scorer(self.method, **self.method_options)
 
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         batches, self._source = draw_scoring_batches(trainer, self.num_batches, self.scorer.needs_data)

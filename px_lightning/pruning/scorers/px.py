@@ -46,7 +46,7 @@ from .base import Scorer, batch_inputs, model_output
 
 VARIANTS = ("cvpr2024", "2025", "2025-eval")
 # The variant of PXScorer() with neither variant nor kernel_norm given; find_masks(model, "px") uses it.
-DEFAULT_VARIANT = "2025-eval"
+DEFAULT_VARIANT = "cvpr2024"
 # The options each variant takes besides ``variant`` (PXScorer's keyword arguments).
 VARIANT_OPTIONS = {
     "cvpr2024": ("dense_head", "layer_floor"),
