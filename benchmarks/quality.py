@@ -58,7 +58,8 @@ SEEDS = (0, 1, 2)  # the table marks cells averaged over another number of seeds
 OUT = HERE / "quality_results.jsonl"
 DEFAULT_STEPS = 80  # training length of every run recorded without "steps" (before it was recorded)
 
-# name -> (method, options). "px" is the library default (kernel_norm="eval"); "px_train" the published code;
+# name -> (method, options). "px" is the 2025 code made well-posed (variant "2025-eval", the library default
+# before issue 13; the default is now "px_cvpr2024"); "px_train" the 2025 code as published;
 # "px_research": PX with the research options of px_research.PXResearchScorer (see make_scorer).
 METHODS: dict[str, tuple[str | None, dict]] = {
     "dense": (None, {}),
@@ -68,11 +69,11 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     "grasp": ("grasp", {}),
     "synflow": ("synflow", {}),
     "ntksap": ("ntksap", {}),
-    "px": ("px", {}),
+    "px": ("px", {"variant": "2025-eval"}),
     "px_train": ("px", {"kernel_norm": "train"}),
     "px_head_body": ("px", {"head": "body"}),
-    "px_dense_head": ("px", {"dense_head": True}),
-    "px_floor0.2": ("px", {"layer_floor": 0.2}),
+    "px_dense_head": ("px", {"variant": "2025-eval", "dense_head": True}),
+    "px_floor0.2": ("px", {"variant": "2025-eval", "layer_floor": 0.2}),
     "px_bn_warmup": ("px", {"bn_warmup": True}),
     "px_head_body_bn_warmup": ("px", {"head": "body", "bn_warmup": True}),
     # Follow-up on the ResNet's low densities (PX below SynFlow at d<=0.02): the three options together,
@@ -146,6 +147,14 @@ METHODS: dict[str, tuple[str | None, dict]] = {
         },
     ),
 }
+# Issue 13: the April-2024 PX of the paper's tables at the published 100 rounds, and the literature's three
+# sanity checks applied to it (each layer's kept count kept, the weights moved: a random permutation of
+# each mask, the lowest-scored weights instead of the highest, the kept weights re-initialised by a
+# permutation of the layer's initial weights).
+METHODS["px_cvpr2024_r100"] = ("px", {"variant": "cvpr2024"})
+METHODS["px_2025eval_r100"] = ("px", {"variant": "2025-eval"})
+for _check in ("reshuffle", "invert", "reinit"):
+    METHODS[f"px_cvpr2024_{_check}_r100"] = ("px", {"variant": "cvpr2024", "sanity": _check})
 SEEDED = {"random", "ntksap"}  # methods that draw random numbers: seeded with the run's seed
 ITERATIVE = {"synflow", "ntksap", "px", "px_research", "hybrid"}
 # Variants named "..._rN" run N rounds whatever --rounds says (the rounds are part of the variant).
@@ -269,9 +278,24 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
                         model, options["select"], options["allocate"], batches, density, rounds
                     )
                 else:
+                    sanity = options.pop("sanity", None)
                     masks = find_masks(
-                        model, make_scorer(method, options), batches, density=density, rounds=rounds
+                        model,
+                        make_scorer(method, options),
+                        batches,
+                        density=density,
+                        rounds=rounds,
+                        reshuffle=sanity == "reshuffle",
+                        invert=sanity == "invert",
+                        generator=torch.Generator().manual_seed(seed),
                     )
+                    if sanity == "reinit":
+                        g = torch.Generator().manual_seed(seed)
+                        with torch.no_grad():
+                            for n in masks:
+                                w = model.get_parameter(n)
+                                w.copy_(w.flatten()[torch.randperm(w.numel(), generator=g)].view_as(w))
+                    record["sanity"] = sanity
         except (RuntimeError, ValueError) as err:  # e.g. all-zero scores of px_train on BatchNorm
             return {
                 **record,
@@ -279,8 +303,9 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
                 "prune_s": time.perf_counter() - start,
             }
         apply_masks(model, masks)
-        report = sparsity_report(model)
+        report = sparsity_report(model, batches[0][0][:1])
         record["total_density"] = report["density"]
+        record["effective_density"] = report["effective_density"]
         record["layers"] = {n: v["density"] for n, v in report["layers"].items()}
         record["collapsed"] = [n for n, v in report["layers"].items() if v["collapsed"]]
     record["prune_s"] = time.perf_counter() - start

@@ -138,3 +138,27 @@ def test_semi_structured_conversion_refuses_clearly_without_a_gpu():
     apply_masks(model, nm_masks(compute_scores(model, "magnitude"), 0.5, "2:4").masks)
     with pytest.raises(RuntimeError, match="CUDA GPU"):
         semi_structured_linears(model)
+
+
+def test_find_masks_with_a_pattern_holds_it_in_every_round_and_the_budget():
+    import warnings as _warnings
+
+    from torch import nn as _nn
+
+    from px_lightning.pruning import find_masks, satisfies_nm
+
+    torch.manual_seed(0)
+    model = _nn.Sequential(
+        _nn.Conv2d(3, 8, 3), _nn.ReLU(), _nn.Conv2d(8, 16, 3), _nn.Flatten(), _nn.Linear(16 * 4 * 4, 10)
+    )
+    batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))]
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        masks = find_masks(model, "synflow", batches, density=0.3, rounds=3, pattern="2:4")
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int(m.sum()) for m in masks.values()) <= total - int(0.7 * total)
+    assert satisfies_nm(masks["2.weight"], "2:4") and satisfies_nm(masks["4.weight"], "2:4")
+    # The first conv has 3 input channels: not a multiple of 4, so it is left free and named.
+    assert any("0.weight" in str(w.message) and "unconstrained" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="needs a density below 1"):
+        find_masks(model, "magnitude", density=1.0, pattern="2:4")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -40,9 +41,13 @@ from ..pruning import (
     apply_masks,
     density_table,
     find_masks,
+    format_savings,
     get_masks,
+    parse_pattern,
     prunable_parameters,
     remove_masks,
+    save_sparse,
+    savings_report,
     sparsity_report,
 )
 from ..pruning.connectivity import unmodelled_norms
@@ -121,6 +126,13 @@ class ForesightPruningCallback(Callback):
             signed gradient sums add over batches), replicate otherwise. SNIP and GraSP sharded are not the
             one-process scores (IoU about 0.6: SNIP normalises per call, GraSP's Hessian term is not additive),
             and the data-free methods gain nothing from it. Rank 0's masks are broadcast at the end.
+        invert: Keep each layer's lowest-scored weights instead of its highest, at the per-layer counts the
+            method finds (the third published sanity check; ``find_masks(..., invert=True)``).
+        pattern: N:M masks, e.g. ``"2:4"``: at most N of every M consecutive weights along each output's
+            input dimension are kept, inside the same budget (``find_masks(..., pattern=...)``).
+        export_sparse: A file path: at fit end (rank zero) the pruned network (the module's ``model``
+            attribute when it has one, else the module) is written with ``save_sparse``, kept values and
+            masks only; ``load_sparse(path, freshly_built_network)`` loads it back with its masks.
     Example:
         >>> trainer = L.Trainer(callbacks=[ForesightPruningCallback(method="px", density=0.018, rounds=100)])
         >>> trainer.fit(model, datamodule=dm)
@@ -171,6 +183,9 @@ class ForesightPruningCallback(Callback):
         verbose: bool = True,
         method_options: dict[str, Any] | None = None,
         distributed_scoring: Literal["auto", "shard", "replicate"] = "auto",
+        invert: bool = False,
+        pattern: str | None = None,
+        export_sparse: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if (density is None) == (sparsity is None):
@@ -198,6 +213,7 @@ class ForesightPruningCallback(Callback):
             "reshuffle": reshuffle,
             "make_permanent": make_permanent,
             "verbose": verbose,
+            "invert": invert,
         }
         for argument, value in flags.items():
             if not isinstance(value, bool):
@@ -212,8 +228,22 @@ class ForesightPruningCallback(Callback):
         # As find_masks reads them: a single string is one pattern, not a sequence of one-letter patterns.
         self.include = as_patterns(include, "include") or None
         self.exclude = as_patterns(exclude, "exclude") or None
+        if reshuffle and invert:
+            raise ValueError(
+                "reshuffle and invert are two different sanity checks: set one of them, not both"
+            )
+        if pattern is not None:
+            parse_pattern(pattern)
+            if self.density >= 1.0:
+                raise ValueError(f"pattern={pattern!r} needs a density below 1: density 1 keeps every weight")
+        if export_sparse is not None and not isinstance(export_sparse, (str, os.PathLike)):
+            raise TypeError(f"export_sparse must be a file path or None, got {type(export_sparse).__name__}")
         self.reinit = reinit
         self.reshuffle = reshuffle
+        self.invert = invert
+        self.pattern = pattern
+        self.export_sparse = export_sparse
+        self.savings: dict | None = None  # savings_report of the pruned module, set at fit start when scored
         self.make_permanent = make_permanent
         self.verbose = verbose
         self.distributed_scoring = distributed_scoring
@@ -334,6 +364,10 @@ class ForesightPruningCallback(Callback):
         zero_pruned(pl_module, self._names)
         example, self._example = self._example, None
         self.report = sparsity_report(pl_module, _effective_input(pl_module, example))
+        # What the masks save needs an input: known when this fit scored (not on resume or at density 1).
+        self.savings = (
+            None if example is None else savings_report(pl_module, example.to(self._device(pl_module)))
+        )
         self._log(trainer)
 
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
@@ -375,6 +409,8 @@ class ForesightPruningCallback(Callback):
                 exclude=self.exclude,
                 progress=None if bar is None else lambda done, total: _advance(bar, done, total),
                 reduce_scores=reduce_scores,
+                invert=self.invert,
+                pattern=self.pattern,
             )
         except ZeroScoresError as err:
             raise ZeroScoresError(
@@ -411,16 +447,25 @@ class ForesightPruningCallback(Callback):
             total=rounds, desc=f"Pruning ({self.scorer.name})", unit="round", leave=False, dynamic_ncols=True
         )
 
+    @staticmethod
+    def _device(module: nn.Module) -> torch.device:
+        return next(module.parameters()).device
+
     def _log(self, trainer: pl.Trainer) -> None:
         report = self.report
         metrics = {"pruning/density": report["density"]}
         metrics.update({f"pruning/density/{n}": v["density"] for n, v in report["layers"].items()})
         if "effective_density" in report:
             metrics["pruning/effective_density"] = report["effective_density"]
+        if self.savings is not None:
+            metrics["pruning/flops_ratio"] = self.savings["flops_ratio"]
+            metrics["pruning/params_ratio"] = self.savings["params_ratio"]
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
             rank_zero_info(density_table(trainer.lightning_module))
+            if self.savings is not None:
+                rank_zero_info(format_savings(self.savings))
             if "effective_density" in report:
                 rank_zero_info(
                     f"ForesightPruningCallback: effective density {report['effective_density']:.4f} "
@@ -479,6 +524,16 @@ class ForesightPruningCallback(Callback):
     # ---------------------------------------------------------------- fit end
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.export_sparse is not None:
+            # The network a user rebuilds (an ImageClassifier's or SemanticSegmenter's ``model``), masks
+            # still on: load_sparse(path, freshly_built_network) gives it back, masks installed.
+            if trainer.is_global_zero:
+                network = getattr(pl_module, "model", None)
+                network = network if isinstance(network, nn.Module) else pl_module
+                os.makedirs(os.path.dirname(os.path.abspath(self.export_sparse)), exist_ok=True)
+                save_sparse(network, self.export_sparse)
+                rank_zero_info(f"ForesightPruningCallback: sparse model written to {self.export_sparse}")
+            trainer.strategy.barrier()
         if not self.make_permanent:
             return
         remove_masks(pl_module)

@@ -14,7 +14,9 @@ Example:
 from .connectivity import effective_masks
 from .errors import UnknownOptionError, ZeroScoresError
 from .masks import WeightMask, apply_masks, get_masks, remove_masks
+from .nm import NMMasks, nm_masks, parse_pattern, satisfies_nm, semi_structured_linears
 from .reports import density_table, sparsity_report
+from .savings import format_savings, savings_report
 from .schedule import density_schedule, threshold_masks
 from .scorers import (
     GraSPScorer,
@@ -28,11 +30,13 @@ from .scorers import (
     get_scorer,
 )
 from .search import compute_scores, find_masks
+from .sparse_io import load_sparse, save_sparse
 from .targets import prunable_parameters
 
 __all__ = [
     "GraSPScorer",
     "MagnitudeScorer",
+    "NMMasks",
     "NTKSAPScorer",
     "PXScorer",
     "RandomScorer",
@@ -48,10 +52,18 @@ __all__ = [
     "density_table",
     "effective_masks",
     "find_masks",
+    "format_savings",
     "get_masks",
     "get_scorer",
+    "load_sparse",
+    "nm_masks",
+    "parse_pattern",
     "prunable_parameters",
     "remove_masks",
+    "satisfies_nm",
+    "save_sparse",
+    "savings_report",
+    "semi_structured_linears",
     "sparsity_report",
     "threshold_masks",
 ]

@@ -26,6 +26,7 @@ from torch.nn.utils import parametrize
 
 from .masks import get_masks
 from .schedule import threshold_masks
+from .validation import check_density
 
 _PATTERN = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 
@@ -132,8 +133,7 @@ def nm_masks(
         >>> result.unconstrained  # e.g. ['conv1.weight'] for a ResNet (3 input channels)
     """
     n, m = parse_pattern(pattern)
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    density = check_density(density)
     unknown = [name for name in dense if name not in scores]
     if unknown:
         raise ValueError(f"dense names {unknown} are not scored tensors; scored: {sorted(scores)[:20]}")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .errors import ZeroScoresError
 from .masks import get_masks, module_and_attr
+from .nm import nm_masks, parse_pattern
 from .reports import warn_collapsed, warn_short
 from .schedule import dense_budget, density_schedule, threshold_masks
 from .scorers import Scorer, get_scorer
@@ -132,6 +133,7 @@ def find_masks(
     reshuffle: bool = False,
     invert: bool = False,
     generator: torch.Generator | None = None,
+    pattern: str | tuple[int, int] | None = None,
     **options,
 ) -> dict[str, Tensor]:
     """Iteratively prune to ``density``: each round scores the masked network and thresholds.
@@ -151,9 +153,15 @@ def find_masks(
     of its highest, ranked by the first round's scores (those of the masks the search starts from). A
     method whose masks survive these without losing accuracy has learnt per-layer densities, not weights.
 
+    ``pattern="2:4"`` (N:M masks): every round keeps at most N of every M consecutive weights along each
+    output's input dimension, inside the same budget (``nm_masks``); tensors whose input dimension is not a
+    multiple of M, and tensors kept dense, stay unconstrained and are named in a warning. It needs a
+    density below 1.
+
     Example:
         >>> masks = find_masks(model, "random", density=0.1, seed=0)
         >>> shuffled = find_masks(model, "px", batches, density=0.05, reshuffle=True)
+        >>> semi_structured = find_masks(model, "magnitude", density=0.4, pattern="2:4")
     """
     density = check_density(density)
     rounds = check_rounds(rounds, allow_none=True)
@@ -166,6 +174,9 @@ def find_masks(
         raise ValueError("reshuffle and invert are two different sanity checks: set one of them, not both")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    nm = None if pattern is None else parse_pattern(pattern)
+    if nm is not None and density == 1.0:
+        raise ValueError(f"pattern={pattern!r} needs a density below 1: density 1 keeps every weight")
     scorer = get_scorer(method, **options)
     batches = _scoring_batches(batches, scorer)
     densities = density_schedule(density, scorer.default_rounds if rounds is None else rounds, schedule)
@@ -213,9 +224,13 @@ def find_masks(
                 scorer.name,
             )
         # ``pruned``: pruned weights rank last without a copy of the scores (each tensor's is made in turn).
-        new = threshold_masks(
-            scores, round_density, scope, pruned=masks if _signed(scores) else None, **constraints
-        )
+        if nm is None:
+            new = threshold_masks(
+                scores, round_density, scope, pruned=masks if _signed(scores) else None, **constraints
+            )
+        else:  # within a group the best kept weights are chosen, so the pruned ones always rank last
+            result = nm_masks(scores, round_density, nm, scope, pruned=masks, **constraints)
+            new = result.masks
         if invert and first_scores is None:
             first_scores = scores  # kept for the inversion: the ranking of the starting masks
         del scores  # not alive during the next round's scoring
@@ -225,6 +240,12 @@ def find_masks(
         masks = new
         if progress is not None:
             progress(done, rounds)
+    if nm is not None and result.unconstrained:
+        warnings.warn(
+            f"pattern {pattern!r}: left unconstrained (input dimension not a multiple of {nm[1]}, or kept "
+            f"dense): {', '.join(result.unconstrained)}",
+            stacklevel=2,
+        )
     if reshuffle:
         masks = {n: _shuffled(m, start_masks[n], generator) for n, m in masks.items()}
     if invert:
