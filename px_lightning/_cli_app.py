@@ -73,10 +73,16 @@ class _HoldRecords(logging.Filter):
 
 
 @rank_zero_only
-def _print_density_table(model: nn.Module) -> None:
-    from px_lightning.pruning import density_table
+def _print_density_table(model: nn.Module, datamodule: pl.LightningDataModule | None = None) -> None:
+    from px_lightning.pruning import density_table, format_savings, get_masks, savings_report
 
     print(density_table(model), flush=True)
+    if datamodule is None or not get_masks(model):
+        return  # without masks (a loaded checkpoint) the savings would count the dense layout
+    # What the masks save, on one test input (its shape sets the FLOPs).
+    batch = next(iter(datamodule.test_dataloader()))
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    print(format_savings(savings_report(model, x[:1].to(next(model.parameters()).device))), flush=True)
 
 
 class PXLightningCLI(LightningCLI):
@@ -211,7 +217,7 @@ class PXLightningCLI(LightningCLI):
             return
         # fast_dev_run limits the test loop too, so a smoke run stays a smoke run.
         self.trainer.test(self.model, datamodule=self.datamodule)
-        _print_density_table(self.model)
+        _print_density_table(self.model, self.datamodule)
 
     def after_test(self) -> None:
         # `px-lightning test --ckpt_path=...`: what the tested model really is (the loaded weights carry no

@@ -290,6 +290,9 @@ def test_quickstart_command_from_readme(tmp_path):
     density = _pruning_callback(_load(CONFIG_DIR / "quickstart.yaml"))["init_args"]["density"]
     assert total and float(total.group(3)) == pytest.approx(density, abs=2e-3), table
     assert len(table.strip().splitlines()) >= 5  # header lines, one row per pruned layer, total
+    # What the masks save, under the last table: a FLOPs ratio well below 1 at density 0.05.
+    flops = re.search(r"FLOPs/example: .* \(ratio ([0-9.e-]+)\)", table)
+    assert flops and 0 < float(flops.group(1)) < 0.5, table
     # TensorBoard event files with the pruning densities.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -300,7 +303,7 @@ def test_quickstart_command_from_readme(tmp_path):
         acc = EventAccumulator(str(event))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
-    assert "pruning/density" in tags, sorted(tags)
+    assert {"pruning/density", "pruning/flops_ratio", "pruning/params_ratio"} <= tags, sorted(tags)
 
 
 def test_readme_callback_snippet(tmp_path, monkeypatch):
