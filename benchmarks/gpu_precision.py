@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.018])
     parser.add_argument("--rounds", type=int, default=10, help="iterative rounds down to the last density")
     parser.add_argument("--repeats", type=int, default=5, help="timed compute_scores per float32 mode")
+    parser.add_argument(
+        "--variant",
+        default="2025-eval",
+        help="PX variant (the recorded GPU results are of 2025-eval, the default PX when they were measured)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -118,18 +123,18 @@ def main(argv: list[str] | None = None) -> dict:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)
 
-    reference = compute_scores(model64, "px", batches)
+    reference = compute_scores(model64, "px", batches, variant=args.variant)
     one_shot = {d: threshold_masks(reference, d) for d in args.densities}
     last = min(args.densities)
     for tf32 in (True, False):
         _set_tf32(tf32)
         mode = "float32, TF32 on (default)" if tf32 else "float32, TF32 off"
-        scores = compute_scores(model, "px", batches)
+        scores = compute_scores(model, "px", batches, variant=args.variant)
         times = []
         for _ in range(args.repeats):
             _sync(args.device)
             start = time.perf_counter()
-            compute_scores(model, "px", batches)
+            compute_scores(model, "px", batches, variant=args.variant)
             _sync(args.device)
             times.append(time.perf_counter() - start)
         error, worst = _relative_error(scores, reference)
@@ -147,18 +152,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Iterative: each float32 mode's masks after --rounds rounds against float64's.
     start = time.perf_counter()
-    iterative64 = find_masks(model64, "px", batches, density=last, rounds=args.rounds)
+    iterative64 = find_masks(model64, "px", batches, density=last, rounds=args.rounds, variant=args.variant)
     result["float64 iterative s"] = time.perf_counter() - start
     for tf32 in (True, False):
         _set_tf32(tf32)
         mode = "float32, TF32 on (default)" if tf32 else "float32, TF32 off"
-        masks = find_masks(model, "px", batches, density=last, rounds=args.rounds)
+        masks = find_masks(model, "px", batches, density=last, rounds=args.rounds, variant=args.variant)
         result[mode][f"iterative_{args.rounds}_rounds_d{last}_vs_float64"] = {
             **_agreement(masks, iterative64),
             **_layers(masks, iterative64),
         }
         if tf32:  # the same computation again: are the GPU's masks repeatable run to run?
-            again = find_masks(model, "px", batches, density=last, rounds=args.rounds)
+            again = find_masks(model, "px", batches, density=last, rounds=args.rounds, variant=args.variant)
             result[mode]["iterative_same_run_twice"] = _agreement(again, masks)
         print(mode, "iterative:", result[mode][f"iterative_{args.rounds}_rounds_d{last}_vs_float64"])
         save()
