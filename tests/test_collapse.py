@@ -38,13 +38,14 @@ def check_visible(model, masks, record):
     return collapsed
 
 
-def test_px_default_mode_collapses_resnet20_residual_branches():
+def test_px_2025_eval_collapses_resnet20_residual_branches():
+    # The 2025 code made well-posed, with its published options (the library default before cvpr2024).
     torch.manual_seed(0)
     model = kaiming_init(build("resnet20"))
     torch.manual_seed(1)
     batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))]
     with pytest.warns(UserWarning, match="layer collapse") as record:
-        masks = find_masks(model, "px", batches, density=0.005, rounds=2)
+        masks = find_masks(model, "px", batches, density=0.005, rounds=2, variant="2025-eval")
     collapsed = check_visible(model, masks, record)
     # what collapses is the residual branches (the shortcuts keep the signal path), the last ones first
     assert all(re.fullmatch(r"blocks\.\d\.conv[12]\.weight", n) for n in collapsed), collapsed

@@ -105,8 +105,8 @@ def test_bn_warmup_equals_scoring_with_data_statistics():
         for x, _ in data:
             ref_model(x)
     ref_model.eval()
-    expected = compute_scores(ref_model, "px", data)
-    default = compute_scores(model, "px", data)
+    expected = compute_scores(ref_model, "px", data, variant="2025-eval")
+    default = compute_scores(model, "px", data, variant="2025-eval")
     for name in expected:
         assert torch.allclose(warmed[name], expected[name], rtol=1e-10, atol=0), name
     assert any(not torch.allclose(warmed[n], default[n]) for n in default)
@@ -124,7 +124,7 @@ def test_bad_options_are_named():
 
 def test_layer_norm_sum_divides_each_layers_scores_by_its_total():
     model, data = small_cnn(), batches()
-    raw = compute_scores(model, "px", data)
+    raw = compute_scores(model, "px", data, variant="2025-eval")
     normed = compute_scores(model, PXResearchScorer(layer_norm="sum"), data)
     for name, s in raw.items():
         assert torch.allclose(normed[name], s / s.sum(), rtol=1e-12, atol=0), name

@@ -96,7 +96,8 @@ class ActivationGates(TorchFunctionMode):
 
     ``action="record"``: runs as usual and appends its gate ``input > 0`` to ``gates`` (a new list when
     ``gates`` is None). ``"replay"``: is replaced by multiplication with the gate recorded at the same call
-    (each gate is used once and freed). ``"identity"``: returns its input.
+    (each gate is used once and freed). ``"identity"``: returns its input. ``"relu"``: is replaced by its
+    gate applied at once, ``input * (input > 0)``: every activation read as a ReLU.
 
     Example:
         >>> with ActivationGates("record") as recorder:
@@ -106,8 +107,8 @@ class ActivationGates(TorchFunctionMode):
     """
 
     def __init__(self, action: str, gates: list[Tensor] | None = None) -> None:
-        if action not in ("record", "replay", "identity"):
-            raise ValueError(f"action must be 'record', 'replay' or 'identity', got {action!r}")
+        if action not in ("record", "replay", "identity", "relu"):
+            raise ValueError(f"action must be 'record', 'replay', 'identity' or 'relu', got {action!r}")
         super().__init__()
         self.action, self.gates, self.index = action, ([] if gates is None else gates), 0
 
@@ -121,6 +122,9 @@ class ActivationGates(TorchFunctionMode):
             return func(*args, **kwargs)
         if self.action == "identity":
             return x
+        if self.action == "relu":
+            gate = x > 0
+            return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
         if self.index >= len(self.gates):
             raise RuntimeError("the replaying pass called more activations than the recording pass")
         gate = self.gates[self.index]

@@ -37,9 +37,7 @@ def check_density(value: object, argument: str = "density") -> float:
         0.018
     """
     if not _is_real(value) or not 0 < value <= 1:
-        raise (ValueError if _is_real(value) else TypeError)(
-            f"{argument} must be in (0, 1] (the fraction of weights kept, e.g. 0.05), got {value!r}"
-        )
+        raise (ValueError if _is_real(value) else TypeError)(f"{argument} must be in (0, 1], got {value!r}")
     return float(value)
 
 
@@ -51,9 +49,7 @@ def check_sparsity(value: object, argument: str = "sparsity") -> float:
         0.98
     """
     if not _is_real(value) or not 0 <= value < 1:
-        raise (ValueError if _is_real(value) else TypeError)(
-            f"{argument} must be in [0, 1) (the fraction of weights pruned, e.g. 0.95), got {value!r}"
-        )
+        raise (ValueError if _is_real(value) else TypeError)(f"{argument} must be in [0, 1), got {value!r}")
     return float(value)
 
 

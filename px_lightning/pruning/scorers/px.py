@@ -278,7 +278,10 @@ class PXScorer(Scorer):
         buffers = dict(net.named_buffers())
         for batch in batches:
             x, _ = batch_inputs(batch, ref)
-            with torch.no_grad():  # the data path is the masked network itself: it is the activation pass
+            # The data path is the masked network itself: it is the activation pass. Every activation is
+            # read as a ReLU (gate = pre-activation > 0), as in the 2025 variants; on ReLU networks that is
+            # the published computation.
+            with torch.no_grad(), ActivationGates("relu"):
                 z1 = model_output(torch.func.functional_call(net, _fresh(buffers), (x,), strict=False))
             with ActivationGates("identity"):
                 state = {**squared, **_fresh(buffers)}
