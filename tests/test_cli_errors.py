@@ -24,7 +24,7 @@ CIFAR10 = REPO / "configs" / "cifar10" / "resnet20_px.yaml"
 HINT = "  `px-lightning {sub} --help` lists the options; --debug shows the traceback"
 TAKES = (
     "  ForesightPruningCallback takes: method, density, sparsity, rounds, scope, schedule, num_batches, include, "
-    "exclude, reinit, reshuffle, make_permanent, verbose, method_options, distributed_scoring"
+    "exclude, reinit, reshuffle, make_permanent, verbose, method_options, distributed_scoring, invert, pattern, export_sparse"
 )
 # What Lightning prints once the Trainer is built (before the data is read); nothing else may precede an error.
 TRAINER_INFO = re.compile(r"^(Seed set to \d+|GPU available: .*|TPU available: .*|HPU available: .*)$")
