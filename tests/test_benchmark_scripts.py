@@ -53,6 +53,20 @@ def test_scoring_benchmark_agrees_with_the_published_structure(tmp_path):
     }
 
 
+def test_scoring_benchmark_cvpr2024_agrees_with_the_april_2024_structure(tmp_path):
+    # The API's cvpr2024 variant against the 2024 code's own cost structure (three copies, three passes).
+    out = tmp_path / "scoring2024.json"
+    _run(
+        "scoring.py",
+        "--cvpr2024",
+        *("--batches", "2", "--batch-size", "2", "--repeats", "1", "--no-memory", "--json", str(out)),
+    )
+    result = json.loads(out.read_text())
+    assert result["variant"] == "cvpr2024" and result["data"] == "2 batches of 2 at 32x32"
+    assert result["max_relative_score_difference"] < 1e-4
+    assert result["ratio_scoring"] > 0 and result["ratio_round"] > 0
+
+
 def test_threshold_benchmark_checks_identical_masks():
     # The script raises if the API's threshold and the published cat + kthvalue give different masks.
     _run("scoring.py", "--threshold", "--repeats", "1", "--no-memory")
