@@ -123,8 +123,8 @@ class ActivationGates(TorchFunctionMode):
         if self.action == "identity":
             return x
         if self.action == "relu":
-            gate = x > 0
-            return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
+            # The value x * (x > 0), computed by the ReLU kernel: one pass, no boolean temporary.
+            return torch.relu_(x) if _is_inplace(func, args, kwargs) else torch.relu(x)
         if self.index >= len(self.gates):
             raise RuntimeError("the replaying pass called more activations than the recording pass")
         gate = self.gates[self.index]

@@ -271,6 +271,9 @@ class PXScorer(Scorer):
 
     def _gradients_cvpr2024(self, net, layers, weights, batches) -> dict[str, Tensor]:
         set_modes(net, norm_train=True)
+        # Only the squared pruned tensors are differentiated: the copy's own parameters (normalisation
+        # affine parameters among them) need no gradient, which spares the backward their reductions.
+        net.requires_grad_(False)
         real = {f"{n}.{a}": p.detach() for n, m in layers for a, p in m.named_parameters(recurse=False)}
         ref = real[next(iter(weights))]
         squared = {k: v.square() for k, v in real.items()}
