@@ -176,12 +176,8 @@ def test_every_config_is_tested_and_published_ones_are_there():
         # PX at 0.018 with PX's own 100 rounds: `rounds` is left to the method, so `method=snip` is one-shot.
         assert (args["method"], args["density"], args.get("rounds")) == ("px", 0.018, None), name
         assert get_scorer("px").default_rounds == 100
-        # The PX scoring is stated, not taken from the callback's defaults: the library's well-posed scoring,
-        # with the pre-trained VOC encoder's BatchNorm statistics kept.
-        warm = "voc2012" not in name
-        assert args["method_options"] == {
-            "px": {"kernel_norm": "eval", "head": "body", "bn_warmup": warm, "layer_floor": 0.2}
-        }, name
+        # The PX scoring is stated, not taken from the callback's defaults: the paper's own computation.
+        assert args["method_options"] == {"px": {"variant": "cvpr2024"}}, name
 
 
 @pytest.mark.parametrize("config", PUBLISHED)
@@ -196,7 +192,7 @@ def test_method_override_gives_the_methods_own_rounds_and_options(config, capsys
     px = ForesightPruningCallback(
         **_pruning_callback(_print_config(["fit", "--config", str(REPO / config)], capsys))["init_args"]
     )
-    assert px.scorer.name == "px" and px.scorer.default_rounds == 100 and px.scorer.kernel_norm == "eval"
+    assert px.scorer.name == "px" and px.scorer.default_rounds == 100 and px.scorer.variant == "cvpr2024"
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS)
