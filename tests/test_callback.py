@@ -376,6 +376,25 @@ def test_make_permanent_and_reshuffle(tmp_path):
     assert any(not torch.equal(plain_masks[n], shuffled_masks[n]) for n in plain_masks)
 
 
+def test_reshuffle_keeps_weights_pruned_before_the_fit_pruned(tmp_path):
+    # The callback's reshuffle is find_masks(..., reshuffle=True): the kept count of each layer moves among
+    # the weights the search could keep, so masks already on the module before the fit stay in force.
+    from px_lightning.pruning import apply_masks
+
+    pl.seed_everything(5)
+    module = LitClassifier()
+    before = find_masks(module, "magnitude", density=0.6, scope="local")
+    apply_masks(module, before)
+    callback = ForesightPruningCallback(method="magnitude", density=0.3, scope="local", reshuffle=True)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=0), callbacks=[callback])
+    trainer.fit(module, datamodule=TensorDataModule(make_tensors(16)))
+    after = get_masks(module)
+    assert set(after) == set(before)
+    for name, mask in after.items():
+        assert int(mask.sum()) == _expected_kept(mask.numel(), 0.3), name
+        assert not bool((mask & ~before[name]).any()), name
+
+
 def test_reinit_permutes_kept_weights(tmp_path):
     pl.seed_everything(6)
     module = LitClassifier()

@@ -100,7 +100,7 @@ class ForesightPruningCallback(Callback):
         reinit: Re-initialise the kept weights after pruning (a published sanity check): each layer's
             weights are randomly permuted, so the layer keeps the distribution of its own initialiser.
         reshuffle: Randomly permute each layer's mask after pruning, keeping per-layer densities (the
-            other published sanity check).
+            other published sanity check; ``find_masks(..., reshuffle=True)``, seeded alike on every rank).
         make_permanent: At fit end remove the parametrizations, leaving plain weights with the pruned
             entries at exactly zero.
         verbose: Print the per-layer density table (rank zero) after pruning, and the effective density
@@ -339,6 +339,8 @@ class ForesightPruningCallback(Callback):
                     f"(step {dense.get('global_step')}) now; training resumes from its step and optimizer "
                     "state, the pruned entries' state zeroed"
                 )
+            # Seeded alike on every rank, for the reshuffle (in find_masks) and the re-initialisation.
+            generator = shared_generator(trainer.strategy) if (self.reshuffle or self.reinit) else None
             if self.density >= 1.0:
                 # The dense baseline: nothing to prune, so no scoring (and no scoring data needed). All-ones
                 # masks keep the run on the same path as a pruned one: checkpoints, resume, DDP, logs.
@@ -347,15 +349,13 @@ class ForesightPruningCallback(Callback):
                 )
                 masks = {n: torch.ones_like(mask_module(pl_module, n).mask) for n in self._names}
             else:
-                masks = self._score(trainer, pl_module)
-            generator = shared_generator(trainer.strategy) if (self.reshuffle or self.reinit) else None
-            if self.reshuffle:
-                masks = {n: _permuted(m, generator) for n, m in masks.items()}
+                masks = self._score(trainer, pl_module, generator)
             if self.reinit:
                 with torch.no_grad():
                     for n in masks:
                         weights = original(pl_module, n)
-                        weights.copy_(_permuted(weights.detach(), generator))
+                        order = torch.randperm(weights.numel(), generator=generator).to(weights.device)
+                        weights.copy_(weights.detach().flatten()[order].view_as(weights))
             apply_masks(pl_module, masks)
             self._masks = {n: m.detach().to("cpu", torch.bool).clone() for n, m in masks.items()}
             if dense is not None:
@@ -370,7 +370,9 @@ class ForesightPruningCallback(Callback):
         )
         self._log(trainer)
 
-    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+    def _score(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, generator: torch.Generator | None
+    ) -> dict[str, Tensor]:
         batches, self._source = draw_scoring_batches(trainer, self.num_batches, self.scorer.needs_data)
         if batches:
             first = batches[0] if isinstance(batches[0], Tensor) else batches[0][0]
@@ -409,7 +411,9 @@ class ForesightPruningCallback(Callback):
                 exclude=self.exclude,
                 progress=None if bar is None else lambda done, total: _advance(bar, done, total),
                 reduce_scores=reduce_scores,
+                reshuffle=self.reshuffle,
                 invert=self.invert,
+                generator=generator,
                 pattern=self.pattern,
             )
         except ZeroScoresError as err:
@@ -565,11 +569,6 @@ class ForesightPruningCallback(Callback):
                 "ForesightPruningCallback: the main process receives the pruned weights as plain tensors "
                 "(pruned entries zero, no masks); resume from a checkpoint to keep training with the masks"
             )
-
-
-def _permuted(t: Tensor, generator: torch.Generator) -> Tensor:
-    perm = torch.randperm(t.numel(), generator=generator).to(t.device)
-    return t.flatten()[perm].view_as(t)
 
 
 def _advance(bar, done: int, total: int) -> None:

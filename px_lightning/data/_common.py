@@ -1,4 +1,5 @@
-"""Shared pieces of the classification DataModules: errors, downloads, balanced scoring subsets, loaders.
+"""Shared pieces of the DataModules: errors, argument checks, downloads, balanced scoring subsets, loaders,
+the ImageNet normalisation.
 
 Example:
     >>> indices = balanced_indices([0, 1, 0, 1, 2, 2], examples_per_class=1, num_classes=3)
@@ -19,8 +20,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
+
+#: The ImageNet channel statistics (RGB, pixels in [0, 1]): the ImageNet DataModule's normalisation, and the
+#: VOC transforms' and the segmenter's, whose encoders are pre-trained on ImageNet.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -29,6 +36,60 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class CorruptDatasetError(ValueError):
     """A dataset file exists but is damaged or not in the expected format; the message names the file."""
+
+
+def check_count(value: object, argument: str, low: int = 1, none: str | None = None) -> object:
+    """Refuse ``value`` unless it is an ``int`` >= ``low`` (``True`` is no count); with ``none`` (what
+    ``None`` stands for, e.g. ``"= batch_size"``) ``None`` is allowed too. Returns ``value``.
+
+    Example:
+        >>> check_count(0, "num_workers", low=0)
+        0
+        >>> check_count(None, "scoring_batch_size", none="= batch_size") is None
+        True
+    """
+    if value is None and none is not None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = f"an integer >= {low}" + ("" if none is None else f" or None ({none})")
+        raise ValueError(f"{argument} must be {allowed}, got {value!r}")
+    return value
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    pin_memory: bool,
+    drop_last: bool = False,
+) -> DataLoader:
+    """The training/evaluation ``DataLoader`` of every DataModule: pinned memory only where CUDA is, and
+    workers kept alive between epochs.
+
+    Example:
+        >>> loader = make_loader(dataset, batch_size=128, shuffle=True, num_workers=4, pin_memory=True)
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+
+
+def subset_loader(dataset: Dataset, indices: Sequence[int], batch_size: int) -> DataLoader:
+    """The scoring ``DataLoader``: ``dataset[indices]`` in that order, the same batches on every call.
+
+    Example:
+        >>> [len(y) for _, y in subset_loader(dataset, [0, 5, 9], batch_size=2)]
+        [2, 1]
+    """
+    # No workers: the subset is small, and the order must not depend on worker scheduling.
+    return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
 
 
 def md5sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -103,12 +164,7 @@ def balanced_indices(targets: Sequence[int], examples_per_class: int, num_classe
         >>> balanced_indices([2, 0, 0, 1, 2, 1], 1, 3)
         [0, 1, 3]
     """
-    if (
-        isinstance(examples_per_class, bool)
-        or not isinstance(examples_per_class, int)
-        or examples_per_class < 1
-    ):
-        raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}")
+    check_count(examples_per_class, "examples_per_class")
     picked: dict[int, list[int]] = {c: [] for c in range(num_classes)}
     for i, t in enumerate(targets):
         t = int(t)
@@ -189,6 +245,8 @@ class ClassificationDataModule(L.LightningDataModule):
     """
 
     num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
     def __init__(
         self,
@@ -199,16 +257,10 @@ class ClassificationDataModule(L.LightningDataModule):
         scoring_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        checks = [
-            ("batch_size", batch_size, 1, ""),
-            ("num_workers", num_workers, 0, ""),
-            ("examples_per_class", examples_per_class, 1, ""),
-        ]
-        if scoring_batch_size is not None:
-            checks.append(("scoring_batch_size", scoring_batch_size, 1, " or None (= batch_size)"))
-        for name, value, low, alternative in checks:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}{alternative}, got {value!r}")
+        check_count(batch_size, "batch_size")
+        check_count(num_workers, "num_workers", low=0)
+        check_count(examples_per_class, "examples_per_class")
+        check_count(scoring_batch_size, "scoring_batch_size", none="= batch_size")
         self.batch_size = batch_size
         self.scoring_batch_size = scoring_batch_size
         self.num_workers = num_workers
@@ -219,19 +271,40 @@ class ClassificationDataModule(L.LightningDataModule):
         self.test_set: Dataset | None = None
         self.scoring_source: Dataset | None = None
 
+    def normalized_transform(self, *steps: Callable) -> T.Compose:
+        """``steps`` on the PIL image, then the tensor conversion and the normalisation with ``mean``/``std``.
+
+        Example:
+            >>> dm.normalized_transform(T.RandomCrop(32, padding=4))
+        """
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def eval_transform(self) -> Callable:
+        """The evaluation transform (also of the scoring images): tensor and normalisation only."""
+        return self.normalized_transform()
+
+    def train_transform(self) -> Callable:
+        """The training transform: the subclass's augmentation, then ``normalized_transform``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no train_transform()")
+
+    def set_splits(self, dataset: Callable[[object, Callable], Dataset], train: object, test: object) -> None:
+        """Build the sets with ``dataset(data, transform)``: the training set from ``train`` with
+        ``train_transform()``; the scoring source (the same images) and the validation set, which is the
+        test set too, from ``test`` with ``eval_transform()``.
+
+        Example:
+            >>> dm.set_splits(ImageListDataset, train_samples, val_samples)
+        """
+        self.train_set = dataset(train, self.train_transform())
+        self.scoring_source = dataset(train, self.eval_transform())
+        self.val_set = self.test_set = dataset(test, self.eval_transform())
+
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(
                 f"{type(self).__name__}.setup() has not built the {split} set; call setup() first"
             )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", shuffle=True)
@@ -260,6 +333,54 @@ class ClassificationDataModule(L.LightningDataModule):
             >>> inputs, targets = next(iter(dm.scoring_dataloader()))
         """
         indices = self.scoring_indices()
-        batch_size = self.scoring_batch_size or self.batch_size
-        # No workers: the subset is small, and the order must not depend on worker scheduling.
-        return DataLoader(Subset(self.scoring_source, indices), batch_size=batch_size, shuffle=False)
+        return subset_loader(self.scoring_source, indices, self.scoring_batch_size or self.batch_size)
+
+
+class ArchiveDataModule(ClassificationDataModule):
+    """A classification DataModule read from ``data_dir/base_folder``, the folder that the official archive
+    (``url``, ``filename``, ``md5``) unpacks to; ``download=True`` fetches and checks it in ``prepare_data``
+    unless ``complete()`` finds the copy there.
+
+    Example:
+        >>> dm = CIFAR10DataModule("data", download=True); dm.prepare_data(); dm.folder
+        PosixPath('data/cifar-10-batches-py')
+    """
+
+    base_folder: str
+    url: str
+    filename: str
+    md5: str
+
+    def __init__(
+        self,
+        data_dir: str | Path = "data",
+        batch_size: int = 128,
+        num_workers: int = 4,
+        examples_per_class: int = 10,
+        download: bool = False,
+        pin_memory: bool = True,
+        scoring_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(batch_size, num_workers, examples_per_class, pin_memory, scoring_batch_size)
+        self.data_dir = Path(data_dir)
+        self.download = download
+
+    @property
+    def folder(self) -> Path:
+        return self.data_dir / self.base_folder
+
+    def complete(self) -> bool:
+        """Whether the copy in ``folder`` is there (then ``prepare_data`` downloads nothing)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no complete()")
+
+    def prepare_data(self) -> None:
+        if self.download and not self.complete():
+            download_and_extract(self.url, self.data_dir, self.filename, self.md5)
+
+    def check_present(self) -> None:
+        """Raise ``DatasetNotFoundError`` saying how to get the data when ``folder`` does not exist."""
+        if not self.folder.is_dir():
+            raise DatasetNotFoundError(
+                f"{type(self).__name__}: {self.folder} does not exist; pass download=True to fetch "
+                f"{self.url}, or point data_dir at the folder that holds {self.base_folder}/"
+            )

@@ -23,7 +23,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ._common import ClassificationDataModule, CorruptDatasetError, DatasetNotFoundError, download_and_extract
+from ._common import ArchiveDataModule, CorruptDatasetError, DatasetNotFoundError
 
 
 class ArrayImageDataset(Dataset):
@@ -86,77 +86,36 @@ def _read_split(folder: Path, files: tuple[str, ...], label_key: str, num_classe
     return np.concatenate([p[0] for p in parts]), [t for p in parts for t in p[1]]
 
 
-class _CIFARDataModule(ClassificationDataModule):
-    base_folder: str
-    url: str
-    filename: str
-    md5: str
+class _CIFARDataModule(ArchiveDataModule):
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     meta_file: str
     label_key: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    names_key: str
 
-    def __init__(
-        self,
-        data_dir: str | Path = "data",
-        batch_size: int = 128,
-        num_workers: int = 4,
-        examples_per_class: int = 10,
-        download: bool = False,
-        pin_memory: bool = True,
-        scoring_batch_size: int | None = None,
-    ) -> None:
-        super().__init__(batch_size, num_workers, examples_per_class, pin_memory, scoring_batch_size)
-        self.data_dir = Path(data_dir)
-        self.download = download
-
-    @property
-    def folder(self) -> Path:
-        return self.data_dir / self.base_folder
-
-    def _complete(self) -> bool:
+    def complete(self) -> bool:
         return all((self.folder / f).is_file() for f in [*self.train_files, *self.test_files, self.meta_file])
 
-    def prepare_data(self) -> None:
-        if self.download and not self._complete():
-            download_and_extract(self.url, self.data_dir, self.filename, self.md5)
-
-    def _check_present(self) -> None:
-        if not self.folder.is_dir():
-            raise DatasetNotFoundError(
-                f"{type(self).__name__}: {self.folder} does not exist; pass download=True to fetch "
-                f"{self.url}, or point data_dir at the folder that holds {self.base_folder}/"
-            )
-
     def train_transform(self) -> T.Compose:
-        return T.Compose(
-            [
-                T.RandomCrop(32, padding=4),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
-
-    def eval_transform(self) -> T.Compose:
-        return T.Compose([T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return self.normalized_transform(T.RandomCrop(32, padding=4), T.RandomHorizontalFlip())
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        self._check_present()
+        self.check_present()
         meta = _load_pickle(self.folder / self.meta_file)
-        train_x, train_y = _read_split(self.folder, self.train_files, self.label_key, self.num_classes)
-        test_x, test_y = _read_split(self.folder, self.test_files, self.label_key, self.num_classes)
+        train = _read_split(self.folder, self.train_files, self.label_key, self.num_classes)
+        test = _read_split(self.folder, self.test_files, self.label_key, self.num_classes)
         self.classes = self._class_names(meta)
-        self.train_set = ArrayImageDataset(train_x, train_y, self.train_transform())
-        self.scoring_source = ArrayImageDataset(train_x, train_y, self.eval_transform())
-        self.val_set = self.test_set = ArrayImageDataset(test_x, test_y, self.eval_transform())
+        self.set_splits(lambda data, transform: ArrayImageDataset(*data, transform), train, test)
 
     def _class_names(self, meta: dict) -> list[str]:
-        raise NotImplementedError
+        names = meta.get(self.names_key)
+        if not isinstance(names, list) or len(names) != self.num_classes:
+            raise CorruptDatasetError(
+                f"CIFAR file {self.folder / self.meta_file}: {self.names_key!r} is not {self.num_classes} names"
+            )
+        return names
 
 
 class CIFAR10DataModule(_CIFARDataModule):
@@ -175,16 +134,9 @@ class CIFAR10DataModule(_CIFARDataModule):
     test_files = ("test_batch",)
     meta_file = "batches.meta"
     label_key = "labels"
+    names_key = "label_names"
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
-
-    def _class_names(self, meta: dict) -> list[str]:
-        names = meta.get("label_names")
-        if not isinstance(names, list) or len(names) != 10:
-            raise CorruptDatasetError(
-                f"CIFAR file {self.folder / self.meta_file}: 'label_names' is not 10 names"
-            )
-        return names
 
 
 class CIFAR100DataModule(_CIFARDataModule):
@@ -203,13 +155,6 @@ class CIFAR100DataModule(_CIFARDataModule):
     test_files = ("test",)
     meta_file = "meta"
     label_key = "fine_labels"
+    names_key = "fine_label_names"
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
-
-    def _class_names(self, meta: dict) -> list[str]:
-        names = meta.get("fine_label_names")
-        if not isinstance(names, list) or len(names) != 100:
-            raise CorruptDatasetError(
-                f"CIFAR file {self.folder / self.meta_file}: 'fine_label_names' is not 100 names"
-            )
-        return names

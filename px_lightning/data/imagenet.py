@@ -22,6 +22,8 @@ from pathlib import Path
 import torchvision.transforms as T
 
 from ._common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ClassificationDataModule,
     CorruptDatasetError,
     DatasetNotFoundError,
@@ -51,8 +53,7 @@ class ImageNetDataModule(ClassificationDataModule):
         1000
     """
 
-    mean = (0.485, 0.456, 0.406)
-    std = (0.229, 0.224, 0.225)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(
         self,
@@ -81,17 +82,10 @@ class ImageNetDataModule(ClassificationDataModule):
     def train_transform(self) -> Callable:
         if self._train_transform is not None:
             return self._train_transform
-        return T.Compose(
-            [
-                T.RandomResizedCrop(224),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
+        return self.normalized_transform(T.RandomResizedCrop(224), T.RandomHorizontalFlip())
 
     def eval_transform(self) -> T.Compose:
-        return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return self.normalized_transform(T.Resize(256), T.CenterCrop(224))
 
     def _split_folder(self, split: str) -> Path:
         folder = self.data_dir / split
@@ -130,6 +124,4 @@ class ImageNetDataModule(ClassificationDataModule):
         train, val = self._samples(train_dir, classes), self._samples(val_dir, classes)
         if self.verify_images:
             verify_images([p for p, _ in train + val])
-        self.train_set = ImageListDataset(train, self.train_transform())
-        self.scoring_source = ImageListDataset(train, self.eval_transform())
-        self.val_set = self.test_set = ImageListDataset(val, self.eval_transform())
+        self.set_splits(ImageListDataset, train, val)

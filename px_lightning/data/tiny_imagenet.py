@@ -21,18 +21,17 @@ from pathlib import Path
 import torchvision.transforms as T
 
 from ._common import (
-    ClassificationDataModule,
+    ArchiveDataModule,
     CorruptDatasetError,
     DatasetNotFoundError,
     ImageListDataset,
-    download_and_extract,
     verify_images,
 )
 
 _EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
-class TinyImageNetDataModule(ClassificationDataModule):
+class TinyImageNetDataModule(ArchiveDataModule):
     """Tiny-ImageNet-200 from ``data_dir/tiny-imagenet-200`` (see the module docstring).
 
     ``verify_images=True`` decodes every image in ``setup`` and reports all damaged files at once;
@@ -62,38 +61,20 @@ class TinyImageNetDataModule(ClassificationDataModule):
         pin_memory: bool = True,
         scoring_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, examples_per_class, pin_memory, scoring_batch_size)
-        self.data_dir = Path(data_dir)
-        self.download = download
+        super().__init__(
+            data_dir, batch_size, num_workers, examples_per_class, download, pin_memory, scoring_batch_size
+        )
         self.verify_images = verify_images
 
-    @property
-    def folder(self) -> Path:
-        return self.data_dir / self.base_folder
-
-    def prepare_data(self) -> None:
-        if self.download and not (self.folder / "wnids.txt").is_file():
-            download_and_extract(self.url, self.data_dir, self.filename, self.md5)
+    def complete(self) -> bool:
+        return (self.folder / "wnids.txt").is_file()
 
     def train_transform(self) -> T.Compose:
-        return T.Compose(
-            [
-                T.RandomResizedCrop(self.image_size, scale=(0.1, 1.0), ratio=(0.8, 1.25)),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
-
-    def eval_transform(self) -> T.Compose:
-        return T.Compose([T.ToTensor(), T.Normalize(self.mean, self.std)])
+        crop = T.RandomResizedCrop(self.image_size, scale=(0.1, 1.0), ratio=(0.8, 1.25))
+        return self.normalized_transform(crop, T.RandomHorizontalFlip())
 
     def _read_wnids(self) -> list[str]:
-        if not self.folder.is_dir():
-            raise DatasetNotFoundError(
-                f"TinyImageNetDataModule: {self.folder} does not exist; pass download=True to fetch {self.url}, "
-                f"or point data_dir at the folder that holds {self.base_folder}/"
-            )
+        self.check_present()
         path = self.folder / "wnids.txt"
         if not path.is_file():
             raise DatasetNotFoundError(f"Tiny-ImageNet file {path} is missing; the copy is incomplete")
@@ -149,6 +130,4 @@ class TinyImageNetDataModule(ClassificationDataModule):
         train, val = self._train_samples(class_to_idx), self._val_samples(class_to_idx)
         if self.verify_images:
             verify_images([p for p, _ in train + val])
-        self.train_set = ImageListDataset(train, self.train_transform())
-        self.scoring_source = ImageListDataset(train, self.eval_transform())
-        self.val_set = self.test_set = ImageListDataset(val, self.eval_transform())
+        self.set_splits(ImageListDataset, train, val)

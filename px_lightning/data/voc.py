@@ -30,9 +30,19 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ._common import CorruptDatasetError, DatasetNotFoundError, load_rgb, md5sum
+from ._common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CorruptDatasetError,
+    DatasetNotFoundError,
+    check_count,
+    load_rgb,
+    make_loader,
+    md5sum,
+    subset_loader,
+)
 
 # The official trainval archive (the test images carry no public labels).
 VOC2012_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
@@ -42,8 +52,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 IGNORE_INDEX = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def voc_root(data_dir: str | Path) -> Path:
@@ -329,15 +337,12 @@ class VOCSegmentationDataModule(L.LightningDataModule):
         super().__init__()
         if val_mode not in ("full", "center_crop"):
             raise ValueError(f"val_mode must be 'full' or 'center_crop', got {val_mode!r}")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("crop_size", crop_size),
-            ("scoring_batches", scoring_batches),
-            ("examples_per_class", 1 if examples_per_class is None else examples_per_class),
-            ("scoring_batch_size", 1 if scoring_batch_size is None else scoring_batch_size),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_count(batch_size, "batch_size")
+        check_count(num_workers, "num_workers", low=0)
+        check_count(crop_size, "crop_size")
+        check_count(scoring_batches, "scoring_batches")
+        check_count(examples_per_class, "examples_per_class", none="seeded scoring_batches instead")
+        check_count(scoring_batch_size, "scoring_batch_size", none="= batch_size")
         if not (0 < scale_range[0] <= scale_range[1]):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
         # Plain types in the hyper-parameters: checkpoints then load with torch.load(weights_only=True).
@@ -401,15 +406,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
     def _loader(
         self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False
     ) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-        )
+        return make_loader(dataset, batch_size, shuffle, self.num_workers, self.pin_memory, drop_last)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -449,8 +446,7 @@ class VOCSegmentationDataModule(L.LightningDataModule):
             count = min(len(dataset), self.scoring_batches * batch_size)
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.scoring_seed))
             indices = order[:count].tolist()
-        subset = Subset(dataset, indices)
-        return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+        return subset_loader(dataset, indices, batch_size)
 
 
 __all__ = [

@@ -32,24 +32,39 @@ def kaiming_normal_init(model: nn.Module) -> nn.Module:
 
 
 class _Shortcut(nn.Module):
-    def __init__(self, f_in: int, f_out: int) -> None:
+    def __init__(self, f_in: int, f_out: int, stride: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(f_in, f_out, 1, stride=2, bias=False)
+        self.conv = nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False)
         self.bn = nn.BatchNorm2d(f_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))
 
 
-class _Block(nn.Module):
-    def __init__(self, f_in: int, f_out: int, downsample: bool) -> None:
+class BasicBlock(nn.Module):
+    """The ResNet basic block: two 3x3 convolutions with BatchNorm, ReLU, and a residual connection that
+    is the identity, or ``projection(f_in, f_out, stride)`` where the block changes resolution or width.
+
+    The projection is a 1x1 convolution and BatchNorm, as ``shortcut.conv``/``shortcut.bn`` (the names of
+    ``shared/conformance/models.py``); a subclass may name them otherwise.
+
+    Example:
+        >>> BasicBlock(16, 32, stride=2)(torch.randn(1, 16, 32, 32)).shape
+        torch.Size([1, 32, 16, 16])
+    """
+
+    def __init__(self, f_in: int, f_out: int, stride: int = 1) -> None:
         super().__init__()
-        stride = 2 if downsample else 1
         self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(f_out)
         self.conv2 = nn.Conv2d(f_out, f_out, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(f_out)
-        self.shortcut = _Shortcut(f_in, f_out) if (downsample or f_in != f_out) else nn.Identity()
+        changes = stride != 1 or f_in != f_out
+        self.shortcut = self.projection(f_in, f_out, stride) if changes else nn.Identity()
+
+    def projection(self, f_in: int, f_out: int, stride: int) -> nn.Module:
+        """The shortcut of a block that changes resolution or width."""
+        return _Shortcut(f_in, f_out, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -74,7 +89,7 @@ class CifarResNet(nn.Module):
         blocks, cur = [], width
         for stage, filters in enumerate((width, 2 * width, 4 * width)):
             for b in range(n):
-                blocks.append(_Block(cur, filters, downsample=stage > 0 and b == 0))
+                blocks.append(BasicBlock(cur, filters, stride=2 if stage > 0 and b == 0 else 1))
                 cur = filters
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(cur, num_classes)
@@ -108,4 +123,4 @@ def resnet56(num_classes: int = 10, **kwargs) -> CifarResNet:
     return CifarResNet(56, num_classes, **kwargs)
 
 
-__all__ = ["CifarResNet", "kaiming_normal_init", "resnet20", "resnet32", "resnet44", "resnet56"]
+__all__ = ["BasicBlock", "CifarResNet", "kaiming_normal_init", "resnet20", "resnet32", "resnet44", "resnet56"]

@@ -15,24 +15,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cifar_resnet import BasicBlock
 
-class _BasicBlock(nn.Module):
-    def __init__(self, f_in: int, f_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(f_out)
-        self.conv2 = nn.Conv2d(f_out, f_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(f_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or f_in != f_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out)
-            )
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+class _BasicBlock(BasicBlock):
+    def projection(self, f_in: int, f_out: int, stride: int) -> nn.Module:
+        # A Sequential, so that the parameters are shortcut.0/shortcut.1 as in the published code.
+        return nn.Sequential(nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
 
 
 class TinyImageNetResNet(nn.Module):

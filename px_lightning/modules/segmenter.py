@@ -13,15 +13,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from ..data.voc import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
 from ..models.pretrained import PRETRAINED_FORMATS, PretrainedReport, load_pretrained_encoder
 from ..models.segmentation import create_segmentation_model
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 
 
 def _voc_colours() -> Tensor:
@@ -78,8 +72,8 @@ class SemanticSegmenter(L.LightningModule):
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
         num_overlays: int = 4,
-        mean: Sequence[float] = _IMAGENET_MEAN,
-        std: Sequence[float] = _IMAGENET_STD,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         model_options: dict | None = None,
     ) -> None:
         super().__init__()
@@ -95,9 +89,7 @@ class SemanticSegmenter(L.LightningModule):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if class_names is None:
             class_names = (
-                _VOC_CLASSES
-                if num_classes == len(_VOC_CLASSES)
-                else [f"class_{i}" for i in range(num_classes)]
+                VOC_CLASSES if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
             )
         if len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")

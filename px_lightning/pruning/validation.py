@@ -89,9 +89,7 @@ def check_scope(value: object, argument: str = "scope") -> str:
         >>> check_scope("global")
         'global'
     """
-    if value not in SCOPES:
-        raise ValueError(f"{argument} must be 'global' or 'local', got {value!r}")
-    return value
+    return _check_choice(value, argument, SCOPES)
 
 
 def check_schedule(value: object, argument: str = "schedule") -> str:
@@ -101,8 +99,13 @@ def check_schedule(value: object, argument: str = "schedule") -> str:
         >>> check_schedule("exponential")
         'exponential'
     """
-    if value not in SCHEDULES:
-        raise ValueError(f"{argument} must be 'exponential' or 'linear', got {value!r}")
+    return _check_choice(value, argument, SCHEDULES)
+
+
+def _check_choice(value: object, argument: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+        raise ValueError(f"{argument} must be {allowed}, got {value!r}")
     return value
 
 
