@@ -217,6 +217,15 @@ def find_masks(
                 del partial
         _check_scores(scores, scorer.name)
         if all(not bool(s.any()) for s in scores.values()):
+            emptied = [n for n, m in masks.items() if not bool(m.any())]
+            if emptied:  # every path crosses a layer that keeps nothing: scores that follow paths vanish
+                by = "the earlier rounds" if all(start_kept[n] for n in emptied) else "the model's masks"
+                raise ZeroScoresError(
+                    f"{scorer.name} scores are all zero in round {done} of {rounds}: {by} pruned "
+                    f"{', '.join(emptied)} entirely (layer collapse), which cuts every input-output path; "
+                    f"prune in more rounds than rounds={rounds} or to a higher density than {density:g}",
+                    scorer.name,
+                )
             raise ZeroScoresError(
                 f"{scorer.name} scores are all zero, so every weight would be pruned; with PX this is what "
                 "kernel_norm='train' gives on BatchNorm networks (float round-off): use kernel_norm='eval', "

@@ -3,6 +3,11 @@
 A working copy in ``train()`` mode, logits divided by a temperature of 200; ``g`` is the loss gradient
 summed over the batches (no graph), then ``d/dw (g_batch . g)`` summed over the batches; scores
 ``w * that`` divided by ``|sum(scores)| + 1e-10``. Scores are signed.
+
+The second derivative must exist for every operation of the network. Where torch's kernel lacks one, the
+copy computes the same function from operations that have it: attention by the math implementation of
+``scaled_dot_product_attention`` (``differentiable_attention``), ``hardsigmoid`` (MobileNetV3's
+squeeze-excitation gate) as ``relu6(x + 3) / 6``. Dropout and stochastic depth are off.
 """
 
 from __future__ import annotations
@@ -10,10 +15,26 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ..copies import plain_copy
-from .base import Scorer, labelled_batch, model_output
+from .base import Scorer, differentiable_attention, labelled_batch, model_output, without_randomness
+
+
+class TwiceDifferentiable(TorchFunctionMode):
+    """Inside the ``with`` block ``F.hardsigmoid``, whose backward torch cannot differentiate, is computed
+    as ``relu6(x + 3) / 6``: the same function, from operations with second derivatives."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.hardsigmoid:
+            return func(*args, **kwargs)
+        x = args[0]
+        out = F.relu6(x + 3) / 6
+        inplace = kwargs.get("inplace", args[1] if len(args) > 1 else False)
+        return x.copy_(out) if inplace else out
 
 
 class GraSPScorer(Scorer):
@@ -33,7 +54,7 @@ class GraSPScorer(Scorer):
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-        net = plain_copy(model).train()
+        net = without_randomness(plain_copy(model).train())
         names = list(weights)
         ref = weights[names[0]]
         leaves = {n: weights[n].clone().requires_grad_(True) for n in names}
@@ -51,7 +72,8 @@ class GraSPScorer(Scorer):
                 acc += g
         hg = [torch.zeros_like(leaves[n]) for n in names]
         for batch in batches:
-            grads = batch_grads(batch, True)
+            with differentiable_attention(), TwiceDifferentiable():
+                grads = batch_grads(batch, True)
             z = sum((g * s).sum() for g, s in zip(grads, stopped))
             try:
                 second = torch.autograd.grad(z, [leaves[n] for n in names])

@@ -1,7 +1,9 @@
 """SNIP (Lee et al., 2019): connection sensitivity ``|dL/dm|`` of a mask ``m`` on each weight.
 
 As published: a working copy in ``train()`` mode, gradients summed over the scoring batches, scores
-normalised to sum to 1. With the effective weight ``m * w``, ``dL/dm = dL/dw_eff * w``.
+normalised to sum to 1. With the effective weight ``m * w``, ``dL/dm = dL/dw_eff * w``. Dropout and
+stochastic depth are off (``without_randomness``). Where every sensitivity is zero (a collapsed layer cuts
+every path, or the loss is flat) the scores stay zero rather than 0/0 = NaN: the search then says so.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..copies import plain_copy
-from .base import Scorer, labelled_batch, model_output
+from .base import Scorer, labelled_batch, model_output, without_randomness
 
 
 class SNIPScorer(Scorer):
@@ -19,7 +21,7 @@ class SNIPScorer(Scorer):
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-        net = plain_copy(model).train()
+        net = without_randomness(plain_copy(model).train())
         ref = next(iter(weights.values()))
         gates = {n: masks[n].to(w.dtype).requires_grad_(True) for n, w in weights.items()}
         for batch in batches:
@@ -29,4 +31,6 @@ class SNIPScorer(Scorer):
             loss_fn(model_output(out), y).backward()
         scores = {n: g.grad.detach().abs() for n, g in gates.items()}
         total = sum(s.sum() for s in scores.values())
+        if not total > 0:  # all zero: no normalisation (0/0); find_masks reports the zero scores
+            return scores
         return {n: s / total for n, s in scores.items()}
