@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ..copies import ActivationGates, has_batchnorm, plain_copy, set_modes
 from ..targets import PRUNABLE_TYPES
+from ..zero_init import at_default_init
 from .base import Scorer, batch_inputs, model_output
 
 VARIANTS = ("cvpr2024", "2025", "2025-eval")
@@ -236,6 +237,8 @@ class PXScorer(Scorer):
             >>> sums = scorer.gradient_sums(model, weights, masks, my_share_of_the_batches)
             >>> scores = scorer.scores_from_sums(all_reduce_sum(sums), weights, masks)
         """
+        # A tensor zero by construction (a ViT's head) is scored as if at its default init (zero_init.py).
+        weights = at_default_init(weights, masks)
         net, layers = self._masked_copy(model, weights, masks)
         if self.variant == "cvpr2024":
             return self._gradients_cvpr2024(net, layers, weights, batches)
@@ -248,7 +251,7 @@ class PXScorer(Scorer):
         Example:
             >>> scores = scorer.scores_from_sums(sums, weights, masks)
         """
-        scores = {}
+        scores, weights = {}, at_default_init(weights, masks)
         for n, g in sums.items():
             # One temporary per tensor, one tensor at a time. cvpr2024: |dR/d(w^2)| * w^2 * |w| * w^2.
             w = weights[n] * masks[n]
