@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..copies import plain_copy
+from ..zero_init import at_default_init
 from .base import Scorer, differentiable_attention, labelled_batch, model_output, without_randomness
 
 
@@ -53,6 +54,8 @@ class GraSPScorer(Scorer):
         self.temperature = temperature
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
+        # A tensor zero by construction (a ViT's head) is scored as if at its layer's default init.
+        weights = at_default_init(weights, masks)
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
         net = without_randomness(plain_copy(model).train())
         names = list(weights)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..copies import plain_copy
+from ..zero_init import at_default_init
 from .base import Scorer, labelled_batch, model_output, without_randomness
 
 
@@ -20,6 +21,8 @@ class SNIPScorer(Scorer):
     one_shot = True
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
+        # A tensor zero by construction (a ViT's head) is scored as if at its layer's default init.
+        weights = at_default_init(weights, masks)
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
         net = without_randomness(plain_copy(model).train())
         ref = next(iter(weights.values()))

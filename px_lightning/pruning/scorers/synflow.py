@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..copies import plain_copy
+from ..zero_init import at_default_init
 from .base import Scorer, batch_inputs, model_output
 
 
@@ -24,6 +25,8 @@ class SynFlowScorer(Scorer):
     one_shot = False
 
     def score(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
+        # A tensor zero by construction (a ViT's head) is scored as if at its layer's default init.
+        weights = at_default_init(weights, masks)
         ref = next(iter(weights.values()))
         net = plain_copy(model).eval().to(torch.float64)
         with torch.no_grad():
