@@ -8,6 +8,8 @@ Names, looked up case-insensitively:
 - ``"small_cnn"``: the Digits quickstart CNN (32x32).
 - any torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``),
   e.g. ``"resnet50"`` (the published ImageNet model), ``"mobilenet_v2"``, built with random weights.
+- any timm model as ``"timm.<name>"`` (``timm.list_models()``), e.g. ``"timm.vit_tiny_patch16_224"``,
+  built with ``pretrained=False``; timm is imported only when such a name is asked for.
 
 Where a name exists in both, the published CIFAR model wins (``"vgg16_bn"`` is the 32x32 VGG); prefix
 ``"torchvision."`` to get torchvision's own (``"torchvision.vgg16_bn"``). The prefix works for every
@@ -17,10 +19,13 @@ Example:
     >>> model = create_model("resnet20", num_classes=10)
     >>> imagenet = create_model("resnet50", num_classes=1000)
     >>> tv_vgg = create_model("torchvision.vgg16_bn", num_classes=1000)
+    >>> vit = create_model("timm.vit_tiny_patch16_224", num_classes=10, img_size=32)
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Callable
 
 import torchvision
@@ -32,6 +37,7 @@ from .tiny_resnet import resnet18_tiny, resnet34_tiny
 from .vgg import vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn
 
 _TORCHVISION_PREFIX = "torchvision."
+_TIMM_PREFIX = "timm."
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
@@ -51,6 +57,30 @@ _BUILTIN: dict[str, Callable[..., nn.Module]] = {
 def _torchvision_names() -> list[str]:
     # Only the classification models (torchvision.models itself, not detection/segmentation/video).
     return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def create_timm_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """The timm model ``name`` (without the ``timm.`` prefix) with ``num_classes`` outputs and random weights.
+
+    ``kwargs`` go to ``timm.create_model`` (``img_size=32`` for a ViT on small images, ``drop_path_rate``);
+    ``pretrained`` is always False: nothing downloads here. An unknown name raises ``ValueError`` with the
+    closest timm names.
+
+    Example:
+        >>> vit = create_timm_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+    """
+    timm = importlib.import_module("timm")  # imported here: seconds to import, and only timm names need it
+    if kwargs.get("pretrained"):
+        raise ValueError(
+            "pretrained=True: timm models are built with random weights here (nothing is downloaded); "
+            "load a local weights file into the model afterwards (model.load_state_dict)"
+        )
+    kwargs.pop("pretrained", None)
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(_TIMM_PREFIX + c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown timm model {name!r} (timm.list_models() lists the known ones){hint}")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def available_models() -> list[str]:
@@ -79,6 +109,8 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     key = name.strip().lower()
+    if key.startswith(_TIMM_PREFIX):
+        return create_timm_model(key[len(_TIMM_PREFIX) :], num_classes, **kwargs)
     if key.startswith(_TORCHVISION_PREFIX):
         tv_name = key[len(_TORCHVISION_PREFIX) :]
     elif key in _BUILTIN:
@@ -94,5 +126,5 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     raise ValueError(
         f"unknown model {name!r}; choose one of the published models {', '.join(sorted(_BUILTIN))}, or a "
         f"torchvision classification model {', '.join(sorted(tv))} (prefix 'torchvision.' for torchvision's "
-        "own model where a name exists in both, e.g. 'torchvision.vgg16_bn')"
+        "own model where a name exists in both, e.g. 'torchvision.vgg16_bn'), or a timm model as 'timm.<name>'"
     )

@@ -222,7 +222,8 @@ def find_masks(
                 by = "the earlier rounds" if all(start_kept[n] for n in emptied) else "the model's masks"
                 raise ZeroScoresError(
                     f"{scorer.name} scores are all zero in round {done} of {rounds}: {by} pruned "
-                    f"{', '.join(emptied)} entirely (layer collapse), which cuts every input-output path; "
+                    f"{', '.join(emptied[:8])}{f' and {len(emptied) - 8} more' if len(emptied) > 8 else ''} "
+                    "entirely (layer collapse), which cuts every input-output path; "
                     f"prune in more rounds than rounds={rounds} or to a higher density than {density:g}",
                     scorer.name,
                 )

@@ -2,7 +2,7 @@
 
 A working copy in ``train()`` mode, logits divided by a temperature of 200; ``g`` is the loss gradient
 summed over the batches (no graph), then ``d/dw (g_batch . g)`` summed over the batches; scores
-``w * that`` divided by ``|sum(scores)| + 1e-10``. Scores are signed.
+``w * that`` divided by ``|sum(scores)| + 1e-10``. Scores are signed; pruned weights score 0.
 
 The second derivative must exist for every operation of the network. Where torch's kernel lacks one, the
 copy computes the same function from operations that have it: attention by the math implementation of
@@ -89,6 +89,7 @@ class GraSPScorer(Scorer):
                 ) from err
             for acc, h in zip(hg, second):
                 acc += h
-        scores = {n: (h * leaves[n]).detach() for n, h in zip(names, hg)}
+        # Pruned weights score 0 in later rounds of a search (the search ranks them last when scores are signed).
+        scores = {n: (h * leaves[n] * masks[n]).detach() for n, h in zip(names, hg)}
         norm = torch.abs(sum(s.sum() for s in scores.values())) + 1e-10
         return {n: s / norm for n, s in scores.items()}

@@ -1,7 +1,7 @@
 """SNIP (Lee et al., 2019): connection sensitivity ``|dL/dm|`` of a mask ``m`` on each weight.
 
 As published: a working copy in ``train()`` mode, gradients summed over the scoring batches, scores
-normalised to sum to 1. With the effective weight ``m * w``, ``dL/dm = dL/dw_eff * w``. Dropout and
+normalised to sum to 1. With the effective weight ``m * w``, ``dL/dm = dL/dw_eff * w``; pruned weights score 0. Dropout and
 stochastic depth are off (``without_randomness``). Where every sensitivity is zero (a collapsed layer cuts
 every path, or the loss is flat) the scores stay zero rather than 0/0 = NaN: the search then says so.
 """
@@ -32,7 +32,9 @@ class SNIPScorer(Scorer):
             substituted = {n: gates[n] * weights[n] for n in weights}
             out = torch.func.functional_call(net, substituted, (x,), strict=False)
             loss_fn(model_output(out), y).backward()
-        scores = {n: g.grad.detach().abs() for n, g in gates.items()}
+        # A pruned weight scores 0 (its mask gradient is not: dL/dw_eff * w), so that in a later round of a
+        # search it neither outranks kept weights nor revives; otherwise the kept share falls short.
+        scores = {n: g.grad.detach().abs() * masks[n] for n, g in gates.items()}
         total = sum(s.sum() for s in scores.values())
         if not total > 0:  # all zero: no normalisation (0/0); find_masks reports the zero scores
             return scores
