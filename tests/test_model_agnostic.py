@@ -48,11 +48,26 @@ def test_find_masks_continues_from_installed_masks_px():
         assert not torch.any(second[name] & ~first[name]), name
 
 
+class AtenHardsigmoid(torch.nn.Module):
+    """hardsigmoid called as the aten operator, which GraSP's rewrite of ``F.hardsigmoid`` does not see."""
+
+    def forward(self, x):
+        return torch.ops.aten.hardsigmoid(x)
+
+
 def test_grasp_without_second_derivative_says_so():
-    # torch has no double backward for hardsigmoid (MobileNetV3's squeeze-excitation)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Hardsigmoid(), torch.nn.Linear(8, 3))
+    # torch has no double backward for aten::hardsigmoid (MobileNetV3's squeeze-excitation gate)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), AtenHardsigmoid(), torch.nn.Linear(8, 3))
     with pytest.raises(RuntimeError, match="GraSP needs second derivatives"):
         compute_scores(model, "grasp", [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))])
+
+
+def test_grasp_differentiates_hardsigmoid_twice():
+    # F.hardsigmoid (nn.Hardsigmoid) is differentiated twice as relu6(x + 3) / 6: finite, non-zero scores.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Hardsigmoid(), torch.nn.Linear(8, 3))
+    scores = compute_scores(model, "grasp", [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))])
+    assert all(torch.isfinite(s).all() and s.any() for s in scores.values())
 
 
 class DictOutput(torch.nn.Module):

@@ -97,7 +97,8 @@ class ActivationGates(TorchFunctionMode):
     ``action="record"``: runs as usual and appends its gate ``input > 0`` to ``gates`` (a new list when
     ``gates`` is None). ``"replay"``: is replaced by multiplication with the gate recorded at the same call
     (each gate is used once and freed). ``"identity"``: returns its input. ``"relu"``: is replaced by its
-    gate applied at once, ``input * (input > 0)``: every activation read as a ReLU.
+    gate applied at once, ``input * (input > 0)``: every activation read as a ReLU. The functions in
+    ``exclude`` run as usual (PX hands squeeze-excitation gates to ``factors.FrozenFactors``).
 
     Example:
         >>> with ActivationGates("record") as recorder:
@@ -106,15 +107,18 @@ class ActivationGates(TorchFunctionMode):
         ...     z = net(x**2)
     """
 
-    def __init__(self, action: str, gates: list[Tensor] | None = None) -> None:
+    def __init__(
+        self, action: str, gates: list[Tensor] | None = None, exclude: frozenset = frozenset()
+    ) -> None:
         if action not in ("record", "replay", "identity", "relu"):
             raise ValueError(f"action must be 'record', 'replay', 'identity' or 'relu', got {action!r}")
         super().__init__()
         self.action, self.gates, self.index = action, ([] if gates is None else gates), 0
+        self.exclude = exclude
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in ACTIVATIONS:
+        if func not in ACTIVATIONS or func in self.exclude:
             return func(*args, **kwargs)
         x = args[0]
         if self.action == "record":

@@ -228,9 +228,9 @@ def find_masks(
                     scorer.name,
                 )
             raise ZeroScoresError(
-                f"{scorer.name} scores are all zero, so every weight would be pruned; with PX this is what "
-                "kernel_norm='train' gives on BatchNorm networks (float round-off): use kernel_norm='eval', "
-                "or check that the scoring data is not all zeros",
+                f"{scorer.name} scores are all zero on every one of the {len(scores)} pruned tensors of this "
+                f"model (round {done} of {rounds}), so every weight would be pruned; "
+                f"{scorer.zero_scores_advice()}",
                 scorer.name,
             )
         # ``pruned``: pruned weights rank last without a copy of the scores (each tensor's is made in turn).

@@ -158,6 +158,19 @@ class Scorer:
         """
         return {}
 
+    def zero_scores_advice(self) -> str:
+        """What to check when every score of this scorer is zero (ends ``ZeroScoresError``'s message)."""
+        advice = (
+            "check that the scoring data is not all zeros and that the model's output depends on its weights"
+        )
+        if not type(self).__module__.startswith(__package__):
+            # A scorer written elsewhere: name the known cause, which a built-in scorer's own advice covers.
+            advice += (
+                "; a kernel copy normalised by its own statistics on one all-ones sample (PX's "
+                "kernel_norm='train') gives exactly this on BatchNorm networks"
+            )
+        return advice
+
     @property
     def default_rounds(self) -> int:
         """Rounds when the caller gives none: 1 for one-shot methods, 100 (the published PX and SynFlow runs)

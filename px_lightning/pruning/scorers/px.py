@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..copies import ActivationGates, has_batchnorm, plain_copy, set_modes
+from ..factors import GATES, FrozenFactors, sample_sums
 from ..targets import PRUNABLE_TYPES
 from ..zero_init import at_default_init
 from .base import Scorer, batch_inputs, model_output
@@ -137,6 +138,14 @@ def _warm_up_statistics(net: nn.Module, real: dict, buffers: dict, batches, ref:
     return warm
 
 
+def _add(a: Tensor | tuple, b: Tensor | tuple) -> Tensor | tuple:
+    return tuple(x + y for x, y in zip(a, b, strict=True)) if isinstance(a, tuple) else a + b
+
+
+def _scale(a: Tensor | tuple, factor: float) -> Tensor | tuple:
+    return tuple(x * factor for x in a) if isinstance(a, tuple) else a * factor
+
+
 def _fresh(buffers: dict[str, Tensor]) -> dict[str, Tensor]:
     # Train-mode BatchNorm updates its statistics: each pass gets throwaway copies, so every pass sees the
     # same statistics and none of them reaches the caller.
@@ -189,6 +198,21 @@ class PXScorer(Scorer):
         self.kernel_norm = _KERNEL_NORMS.get(self.variant)
         self.head = None if self.variant == "cvpr2024" else (head or "published")
         self.dense_head, self.layer_floor, self.bn_warmup = dense_head, float(layer_floor), bool(bn_warmup)
+        # How the caller chose the variant, for messages: only what they set is named.
+        self._chosen = (
+            f"variant={variant!r}"
+            if variant is not None
+            else (f"kernel_norm={kernel_norm!r}" if kernel_norm is not None else None)
+        )
+
+    def zero_scores_advice(self) -> str:
+        if self.variant == "2025" and self._chosen is not None:
+            return (
+                f"with {self._chosen} (the 2025 code as published) the kernel copy normalises one all-ones "
+                "sample by its own statistics, so on BatchNorm networks its scores are float round-off: use "
+                "variant='2025-eval' (well-posed) or variant='cvpr2024'"
+            )
+        return super().zero_scores_advice()
 
     @property
     def shardable(self) -> bool:
@@ -287,9 +311,19 @@ class PXScorer(Scorer):
             # The data path is the masked network itself: it is the activation pass. Every activation is
             # read as a ReLU (gate = pre-activation > 0), as in the 2025 variants; on ReLU networks that is
             # the published computation.
-            with torch.no_grad(), ActivationGates("relu"):
+            # Attention probabilities are frozen at their values in it for the kernel copy (factors.py);
+            # normalisation layers normalise each copy on its own input, as its BatchNorm layers do, and
+            # gates are activations like any other.
+            with (
+                torch.no_grad(),
+                FrozenFactors("record", norms=False, gates=False) as factors,
+                ActivationGates("relu"),
+            ):
                 z1 = model_output(torch.func.functional_call(net, _fresh(buffers), (x,), strict=False))
-            with ActivationGates("identity"):
+            with (
+                FrozenFactors("replay", factors.factors, norms=False, gates=False),
+                ActivationGates("identity"),
+            ):
                 state = {**squared, **_fresh(buffers)}
                 z2 = model_output(torch.func.functional_call(net, state, (x,), strict=False))
             (z1 * z2).sum().backward()  # gradients with respect to w^2 add up over the batches
@@ -315,18 +349,21 @@ class PXScorer(Scorer):
         buffers = dict(net.named_buffers())
         if self.bn_warmup:
             buffers = _warm_up_statistics(net, real, buffers, batches, ref)
-        z1_sums = self._data_path_sums(net, layers, real, biases, buffers, masks, batches, real_head)
+        z1_sums, factors = self._data_path_sums(net, layers, real, biases, buffers, masks, batches, real_head)
         kernel, leaves = self._kernel_state(layers, weights, masks, real, biases, real_head)
         del real
-        total = self._kernel_product(net, kernel, buffers, z1_sums, ref)
+        total = self._kernel_product(net, kernel, buffers, z1_sums, factors, ref)
         total.backward()
         del total, kernel
         return {n: torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for n, leaf in leaves.items()}
 
-    def _data_path_sums(self, net, layers, real, biases, buffers, masks, batches, real_head) -> dict:
+    def _data_path_sums(
+        self, net, layers, real, biases, buffers, masks, batches, real_head
+    ) -> tuple[dict, dict]:
         """``z1`` summed over the batches and samples, per input shape: the activation copy (eval mode,
-        real weights) records the gates on ``x``, the data path (kept weights and biases 1) replays them on
-        ``x ** 2``."""
+        real weights) records the gates and the input-dependent factors (``factors.py``) on ``x``, the data
+        path (kept weights and biases 1) replays them on ``x ** 2``; and per input shape the factors of the
+        mean sample, for the kernel copy."""
         ref = next(iter(real.values()))
         data_path = {}
         for n, _ in layers:
@@ -339,21 +376,35 @@ class PXScorer(Scorer):
                 data_path[b] = torch.ones_like(biases[b])
         data_norms = self._data_norms(net)
         z1_sums: dict[tuple, Tensor] = {}
+        factor_sums: dict[tuple, tuple[int, list]] = {}
         with torch.no_grad():
             for batch in batches:
                 x, _ = batch_inputs(batch, ref)
                 net.eval()
-                with ActivationGates("record") as recorder:
+                with FrozenFactors("record") as factors, ActivationGates("record", exclude=GATES) as recorder:
                     torch.func.functional_call(net, {**real, **buffers}, (x,), strict=False)
                 set_modes(net, norm_train=data_norms is None)
                 state = {**data_path, **_fresh(buffers), **(data_norms or {})}
-                with ActivationGates("replay", recorder.gates):
+                # Its weights are all 1: every channel of a layer carries the same signal, which a LayerNorm
+                # on its own statistics would cut to its shift; frozen statistics keep the paths.
+                with (
+                    FrozenFactors("replay", factors.factors),
+                    ActivationGates("replay", recorder.gates, exclude=GATES),
+                ):
                     out = torch.func.functional_call(net, state, (x**2,), strict=False)
                 z1 = model_output(out).sum(0)
                 key = tuple(x.shape[1:])
                 z1_sums[key] = z1_sums[key] + z1 if key in z1_sums else z1
-                del recorder, out
-        return z1_sums
+                sums = sample_sums(factors.factors, len(x))
+                if key in factor_sums:
+                    count, before = factor_sums[key]
+                    sums = [_add(a, b) for a, b in zip(before, sums, strict=True)]
+                    factor_sums[key] = (count + len(x), sums)
+                else:
+                    factor_sums[key] = (len(x), sums)
+                del recorder, factors, out
+        means = {key: [_scale(f, 1 / count) for f in sums] for key, (count, sums) in factor_sums.items()}
+        return z1_sums, means
 
     def _kernel_state(self, layers, weights, masks, real, biases, real_head) -> tuple[dict, dict]:
         """The kernel copy's weights and biases (``_power`` of the masked ones, in place: the copy's own
@@ -372,14 +423,15 @@ class PXScorer(Scorer):
                     kernel[b] = biases[b] if n == real_head else self._power(biases[b].clone())
         return kernel, leaves
 
-    def _kernel_product(self, net, kernel, buffers, z1_sums, ref) -> Tensor:
-        """``sum(z1 * z2)`` over the input shapes, ``z2`` the kernel copy's output on all-ones."""
+    def _kernel_product(self, net, kernel, buffers, z1_sums, factors, ref) -> Tensor:
+        """``sum(z1 * z2)`` over the input shapes, ``z2`` the kernel copy's output on all-ones, its
+        input-dependent factors those of the activation pass's mean sample."""
         set_modes(net, norm_train=self.kernel_norm == "train")
         norms = self._kernel_norms(net, buffers)
         total = 0
         for shape, z1 in z1_sums.items():
             ones = torch.ones((1, *shape), dtype=ref.dtype, device=ref.device)
-            with ActivationGates("identity"):
+            with FrozenFactors("replay", factors[shape]), ActivationGates("identity", exclude=GATES):
                 out = torch.func.functional_call(
                     net, {**kernel, **_fresh(buffers), **norms}, (ones,), strict=False
                 )
