@@ -49,9 +49,9 @@ _NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm})
 
 
 def _attention_probabilities(
-    q: Tensor, k: Tensor, attn_mask=None, is_causal=False, scale=None, **_
+    q: Tensor, k: Tensor, v: Tensor, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_
 ) -> Tensor:
-    """``F.scaled_dot_product_attention``'s probabilities (dropout off), written out."""
+    """``F.scaled_dot_product_attention``'s probabilities (its arguments; dropout off), written out."""
     if k.shape[-3] != q.shape[-3]:  # grouped-query attention: each key head serves several query heads
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
     logits = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
