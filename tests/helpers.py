@@ -149,3 +149,21 @@ def scoring_batches(
         (torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
         for _ in range(n)
     ]
+
+
+def trainer_kwargs(tmp_path, **overrides) -> dict:
+    """A quiet one-CPU Trainer's arguments (no logger, checkpoints, progress bar, summary, sanity
+    validation; 4 steps), ``overrides`` on top: ``pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1))``."""
+    kwargs = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": 4,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+        "num_sanity_val_steps": 0,
+    }
+    kwargs.update(overrides)
+    return kwargs

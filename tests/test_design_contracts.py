@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import unchanged
+from helpers import trainer_kwargs, unchanged
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
@@ -503,13 +503,7 @@ def test_callback_as_written_and_load_from_checkpoint_gives_the_pruned_model(tmp
     dm = DigitsDataModule(batch_size=16, examples_per_class=1)
     trainer = L.Trainer(
         callbacks=[ForesightPruningCallback(method="px", density=0.018, rounds=100)],
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+        **trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=0),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
