@@ -2,19 +2,14 @@
 
 import pytest
 import torch
-from torch import nn
+from helpers import conv_linear, scoring_batches
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks
 
 
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
-
-
-def _batches():
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(2)]
+    return conv_linear(channels=8, size=8, classes=10)
 
 
 def _counts(masks):
@@ -23,25 +18,19 @@ def _counts(masks):
 
 @pytest.mark.parametrize("method, rounds", [("magnitude", 1), ("synflow", 3), ("snip", 1)])
 def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(method, rounds):
-    model, batches = _net(), _batches()
+    model, batches = _net(), scoring_batches()
     plain = find_masks(model, method, batches, density=0.1, rounds=rounds)
-    shuffled = find_masks(
-        model,
-        method,
-        batches,
-        density=0.1,
-        rounds=rounds,
-        reshuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
-    again = find_masks(
-        model,
-        method,
-        batches,
-        density=0.1,
-        rounds=rounds,
-        reshuffle=True,
-        generator=torch.Generator().manual_seed(0),
+    shuffled, again = (
+        find_masks(
+            model,
+            method,
+            batches,
+            density=0.1,
+            rounds=rounds,
+            reshuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        for _ in range(2)
     )
     assert _counts(shuffled) == _counts(plain)
     assert all(torch.equal(shuffled[n], again[n]) for n in plain)  # seeded by the generator
@@ -50,7 +39,7 @@ def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(method, rounds)
 
 
 def test_invert_keeps_each_layers_lowest_scored_weights():
-    model, batches = _net(), _batches()
+    model, batches = _net(), scoring_batches()
     plain = find_masks(model, "magnitude", batches, density=0.2)
     inverted = find_masks(model, "magnitude", batches, density=0.2, invert=True)
     assert _counts(inverted) == _counts(plain)
@@ -63,7 +52,7 @@ def test_invert_keeps_each_layers_lowest_scored_weights():
 
 
 def test_invert_ranks_by_the_first_rounds_scores_and_never_revives_a_pruned_weight():
-    model, batches = _net(), _batches()
+    model, batches = _net(), scoring_batches()
     start = find_masks(model, "magnitude", batches, density=0.5)
     apply_masks(model, start)
     scores = compute_scores(model, "synflow", batches)
