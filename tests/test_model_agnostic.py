@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 import torchvision
-from helpers import unchanged
+from helpers import mlp, unchanged
 from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks, get_masks, sparsity_report
@@ -58,7 +58,7 @@ class DictOutput(torch.nn.Module):
 @pytest.mark.parametrize("method", ["px", "snip", "grasp", "synflow"])
 def test_dict_outputs_score_like_tensor_outputs(method):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    net = mlp(4, 8, 3)
     batches = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
     plain = compute_scores(net, method, batches)
     wrapped = compute_scores(DictOutput(net), method, batches)

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 import torchvision
-from helpers import unchanged
+from helpers import conv_linear, mlp, unchanged
 from torch import nn
 
 from px_lightning.pruning import apply_masks, find_masks, get_masks
@@ -106,14 +106,14 @@ def test_another_architecture_is_refused_naming_the_first_mismatched_tensor(prun
 
 
 def test_a_model_with_an_extra_tensor_and_a_dtype_mismatch_are_refused(tmp_path):
-    small = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    small = mlp()
     apply_masks(small, {"0.weight": torch.rand(8, 4) < 0.5})
     path = tmp_path / "small.pt"
     save_sparse(small, path)
     with pytest.raises(
         ValueError, match=r"expects shape \(8, 4\) float64, the file holds shape \(8, 4\) float32"
     ):
-        load_sparse(path, nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double())
+        load_sparse(path, mlp().double())
     with pytest.raises(ValueError, match="its tensor '2.weight'.*is not in the model"):
         load_sparse(path, nn.Sequential(nn.Linear(4, 8)))
 
@@ -144,18 +144,14 @@ def test_bits_pack_and_unpack():
 
 def test_round_trip_of_a_half_precision_model_with_a_file_object(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).to(
-        torch.bfloat16
-    )
+    model = conv_linear(channels=8, size=6, classes=3).to(torch.bfloat16)
     apply_masks(
         model, {n: torch.rand(p.shape) < 0.3 for n, p in model.named_parameters() if n.endswith("weight")}
     )
     path = tmp_path / "bf16.pt"
     with open(path, "wb") as f:
         save_sparse(model, f)
-    fresh = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).to(
-        torch.bfloat16
-    )
+    fresh = conv_linear(channels=8, size=6, classes=3).to(torch.bfloat16)
     with open(path, "rb") as f:
         load_sparse(f, fresh)
     x = torch.randn(2, 3, 6, 6, dtype=torch.bfloat16)
