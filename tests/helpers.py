@@ -7,7 +7,11 @@ fixtures. Everything here is a real part (real ``nn`` modules, real scorers): no
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -167,3 +171,20 @@ def trainer_kwargs(tmp_path, **overrides) -> dict:
     }
     kwargs.update(overrides)
     return kwargs
+
+
+def run_two_ranks(script: Path, out: Path, *args: str, timeout: float = 120) -> None:
+    """Runs ``python script RANK PORT out *args`` as two real processes (ranks 0 and 1) meeting on a free
+    local port, and asserts both exit cleanly (the failing one's stderr tail in the message)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), port, str(out), *args], stderr=subprocess.PIPE
+        )
+        for rank in (0, 1)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err.decode()[-2000:]
