@@ -219,12 +219,8 @@ def test_logs_density_scores_and_ntk_to_a_real_event_file(tmp_path):
 def test_refuses_a_trainer_without_tensorboard_or_masks(tmp_path):
     module = ImageClassifier(SmallCNN(10, widths=(4, 8)), num_classes=10)
     trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
         callbacks=[PruningDiagnosticsCallback(log_scores=False)],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
+        **trainer_kwargs(tmp_path, max_epochs=1, max_steps=-1),
     )
     with pytest.raises(ValueError, match="TensorBoardLogger"):
         trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
@@ -293,16 +289,14 @@ def test_scores_use_the_module_loss_and_the_pruning_data_and_keep_the_backend(tm
     expected = ExpectedScores({"first2": batches[:2], "all": batches})
     module = TinySegmenter()
     trainer = L.Trainer(
-        max_steps=1,
-        logger=TensorBoardLogger(tmp_path, name="seg", default_hp_metric=False),
         callbacks=[
             PruningDiagnosticsCallback(log_ntk=False),
             ForesightPruningCallback("snip", density=0.3, num_batches=2, verbose=False),
             expected,
         ],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
+        **trainer_kwargs(
+            tmp_path, max_steps=1, logger=TensorBoardLogger(tmp_path, name="seg", default_hp_metric=False)
+        ),
     )
     before = matplotlib.get_backend()
     matplotlib.use("svg")  # a notebook's non-Agg backend: the callback must leave it alone
