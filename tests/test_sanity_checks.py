@@ -2,14 +2,8 @@
 
 import pytest
 import torch
-from helpers import conv_linear, scoring_batches
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks
-
-
-def _net():
-    torch.manual_seed(0)
-    return conv_linear(channels=8, size=8, classes=10)
 
 
 def _counts(masks):
@@ -17,8 +11,10 @@ def _counts(masks):
 
 
 @pytest.mark.parametrize("method, rounds", [("magnitude", 1), ("synflow", 3), ("snip", 1)])
-def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(method, rounds):
-    model, batches = _net(), scoring_batches()
+def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(
+    method, rounds, tiny_conv_linear, scoring_batches
+):
+    model, batches = tiny_conv_linear, scoring_batches
     plain = find_masks(model, method, batches, density=0.1, rounds=rounds)
     shuffled, again = (
         find_masks(
@@ -38,8 +34,8 @@ def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(method, rounds)
     assert overlap < 0.5  # about the density by chance, far from 1
 
 
-def test_invert_keeps_each_layers_lowest_scored_weights():
-    model, batches = _net(), scoring_batches()
+def test_invert_keeps_each_layers_lowest_scored_weights(tiny_conv_linear, scoring_batches):
+    model, batches = tiny_conv_linear, scoring_batches
     plain = find_masks(model, "magnitude", batches, density=0.2)
     inverted = find_masks(model, "magnitude", batches, density=0.2, invert=True)
     assert _counts(inverted) == _counts(plain)
@@ -51,8 +47,10 @@ def test_invert_keeps_each_layers_lowest_scored_weights():
         assert int((inverted[name] & plain[name]).sum()) == max(0, 2 * k - n)
 
 
-def test_invert_ranks_by_the_first_rounds_scores_and_never_revives_a_pruned_weight():
-    model, batches = _net(), scoring_batches()
+def test_invert_ranks_by_the_first_rounds_scores_and_never_revives_a_pruned_weight(
+    tiny_conv_linear, scoring_batches
+):
+    model, batches = tiny_conv_linear, scoring_batches
     start = find_masks(model, "magnitude", batches, density=0.5)
     apply_masks(model, start)
     scores = compute_scores(model, "synflow", batches)
@@ -63,8 +61,8 @@ def test_invert_ranks_by_the_first_rounds_scores_and_never_revives_a_pruned_weig
         assert float(kept.max()) <= float(dropped.min())
 
 
-def test_sanity_options_are_checked():
-    model = _net()
+def test_sanity_options_are_checked(tiny_conv_linear):
+    model = tiny_conv_linear
     with pytest.raises(ValueError, match="reshuffle and invert"):
         find_masks(model, "magnitude", density=0.5, reshuffle=True, invert=True)
     with pytest.raises(TypeError, match="invert must be True or False, got 1"):
