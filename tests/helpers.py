@@ -21,24 +21,24 @@ from torch.nn.utils import parametrize
 from px_lightning.pruning.scorers import MagnitudeScorer, PXScorer
 
 
-def snapshot(model: nn.Module, identity: bool = True) -> dict:
+def snapshot(model: nn.Module) -> dict:
     """Everything scoring must leave as found: weights and buffers (BatchNorm statistics included) by
-    value, dtype, requires_grad and .grad of every parameter, train/eval mode of every module, hooks and
-    parametrizations. ``identity=False`` leaves out the tensors' object identity, for a caller that
-    compares a model with a rebuilt copy of itself (the identity there is different by construction)."""
+    value, the identity, dtype, requires_grad and .grad of every parameter (identity of buffers too),
+    train/eval mode of every module, hooks and parametrizations. One strictness for every test: none
+    needs less."""
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "params": [
             (
                 n,
-                id(p) if identity else None,
+                id(p),
                 p.requires_grad,
                 p.dtype,
                 None if p.grad is None else p.grad.clone(),
             )
             for n, p in model.named_parameters()
         ],
-        "buffers": [(n, id(b) if identity else None) for n, b in model.named_buffers()],
+        "buffers": [(n, id(b)) for n, b in model.named_buffers()],
         "modules": [(n, type(m), m.training) for n, m in model.named_modules()],
         "hooks": [
             (
