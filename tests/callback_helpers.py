@@ -1,33 +1,26 @@
-"""Small real models and TensorDataset DataModules for the ForesightPruningCallback tests (and DDP script)."""
+"""A LightningModule and TensorDataset DataModules for the ForesightPruningCallback tests (and DDP script).
+
+The tiny network and the counting scorers live in ``helpers.py``; re-exported here for the callback tests.
+"""
 
 from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
+from helpers import CountingMagnitude, CountingPX, TinyNet, trainer_kwargs
 from torch.utils.data import DataLoader, TensorDataset
 
-from px_lightning.pruning.scorers import MagnitudeScorer, PXScorer
-
-
-class TinyNet(nn.Module):
-    """Conv-BN-ReLU x2, pooling, two Linear layers: 2.6k prunable weights, biases on some layers."""
-
-    def __init__(self, num_classes: int = 4, norm: bool = True, bias: bool = True) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8) if norm else nn.Identity()
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=bias)
-        self.bn2 = nn.BatchNorm2d(16) if norm else nn.Identity()
-        self.hidden = nn.Linear(16, 32, bias=bias)
-        self.fc = nn.Linear(32, num_classes, bias=bias)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(F.relu(self.hidden(x)))
+__all__ = [
+    "CountingMagnitude",
+    "CountingPX",
+    "LitClassifier",
+    "ScoringDataModule",
+    "TensorDataModule",
+    "TinyNet",
+    "make_tensors",
+    "trainer_kwargs",
+]
 
 
 class LitClassifier(pl.LightningModule):
@@ -91,46 +84,3 @@ class ScoringDataModule(TensorDataModule):
 
     def scoring_dataloader(self):
         return DataLoader(self.scoring, batch_size=self.batch_size, shuffle=False)
-
-
-class CountingPX(PXScorer):
-    """The real PX scorer, counting its calls and the batches it was given."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.calls = 0
-        self.batch_counts: list[int] = []
-
-    def gradient_sums(self, model, weights, masks, batches):
-        # Counted here: one call a round, whether find_masks scores whole (score) or sharded (partial_scores).
-        self.calls += 1
-        self.batch_counts.append(len(batches))
-        return super().gradient_sums(model, weights, masks, batches)
-
-
-class CountingMagnitude(MagnitudeScorer):
-    """The real magnitude scorer, counting its calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def score(self, model, weights, masks, batches, loss_fn=None):
-        self.calls += 1
-        return super().score(model, weights, masks, batches, loss_fn)
-
-
-def trainer_kwargs(tmp_path, **overrides) -> dict:
-    kwargs = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_steps": 4,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": str(tmp_path),
-        "num_sanity_val_steps": 0,
-    }
-    kwargs.update(overrides)
-    return kwargs

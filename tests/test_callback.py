@@ -22,6 +22,7 @@ from callback_helpers import (
     make_tensors,
     trainer_kwargs,
 )
+from helpers import run_two_ranks
 
 import px_lightning
 from px_lightning.callbacks import ForesightPruningCallback
@@ -740,21 +741,8 @@ def test_method_options_mixing_the_flat_and_per_method_forms_is_refused():
 def test_score_all_reduce_in_buckets_sums_every_layer(tmp_path):
     # Two real gloo processes: small buckets mixing several layers, a large (and non-contiguous) layer
     # alone, a last partial bucket; every layer must come back as the sum over ranks, in its own shape.
-    import socket
-    import subprocess
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
     out = tmp_path / "summed.pt"
-    script = Path(__file__).resolve().parent / "ddp_all_reduce_run.py"
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(rank), port, str(out)], stderr=subprocess.PIPE)
-        for rank in (0, 1)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-2000:]
+    run_two_ranks(Path(__file__).resolve().parent / "ddp_all_reduce_run.py", out)
     result = torch.load(out)
     assert list(result["summed"]) == list(result["base"])
     for name, base in result["base"].items():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callback_helpers import CountingPX, LitClassifier, TensorDataModule, make_tensors, trainer_kwargs
+from helpers import run_two_ranks
 
 from px_lightning.callbacks import ForesightPruningCallback
 from px_lightning.pruning import ZeroScoresError, find_masks
@@ -149,20 +148,8 @@ def test_find_masks_raises_zero_scores_error_that_pickles():
 def test_masks_broadcast_and_the_same_batches_check_across_two_processes(tmp_path):
     # Two real gloo processes through a DDPStrategy's collectives: rank 0's masks arrive everywhere, and
     # different scoring batches are refused on both ranks (neither goes on to score alone).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
     out = tmp_path / "agree.pt"
-    script = Path(__file__).resolve().parent / "ddp_all_reduce_run.py"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), port, str(out), "agree"], stderr=subprocess.PIPE
-        )
-        for rank in (0, 1)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-2000:]
+    run_two_ranks(Path(__file__).resolve().parent / "ddp_all_reduce_run.py", out, "agree")
     results = [torch.load(f"{out}.rank{rank}") for rank in (0, 1)]
     assert any(not torch.equal(results[0]["masks"][n], results[1]["masks"][n]) for n in results[0]["masks"])
     for result in results:

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torchvision
+from helpers import mlp
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -27,7 +28,7 @@ def _reference(layers: list[torch.Tensor]) -> list[torch.Tensor]:
 def test_a_hand_made_case_with_biases_that_would_make_false_paths():
     # 2 -> 3 -> 1. Kept: in0->h0, in1->h1 (h1 reaches no output), h0->out, h2->out (h2 has no input; its
     # bias would feed it, which must not count).
-    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    model = mlp(2, 3, 1)
     masks = {
         "0.weight": torch.tensor([[1, 0], [0, 1], [0, 0]], dtype=torch.bool),
         "2.weight": torch.tensor([[1, 0, 1]], dtype=torch.bool),
@@ -106,7 +107,7 @@ def test_installed_masks_are_read_and_the_model_is_left_unchanged():
 
 
 def test_sparsity_report_counts_effective_weights():
-    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    model = mlp(2, 3, 1)
     apply_masks(
         model,
         {
@@ -121,7 +122,7 @@ def test_sparsity_report_counts_effective_weights():
 
 
 def test_bad_input_is_named():
-    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    model = mlp(2, 3, 1)
     with pytest.raises(ValueError, match="no masks installed"):
         effective_masks(model, torch.zeros(1, 2))
     with pytest.raises(ValueError, match="no masks installed"):

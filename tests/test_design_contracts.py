@@ -17,6 +17,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import trainer_kwargs, unchanged
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
@@ -347,53 +348,14 @@ def _decorated_model():
     return model, handles
 
 
-def _snapshot(model):
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "params": [
-            (n, id(p), p.requires_grad, p.dtype, None if p.grad is None else p.grad.clone())
-            for n, p in model.named_parameters()
-        ],
-        "buffers": [(n, id(b)) for n, b in model.named_buffers()],
-        "modules": [(n, type(m), m.training) for n, m in model.named_modules()],
-        "hooks": [
-            (
-                n,
-                list(m._forward_hooks.items()),
-                list(m._forward_pre_hooks.items()),
-                list(m._backward_hooks.items()),
-            )
-            for n, m in model.named_modules()
-        ],
-        "parametrizations": [
-            (n, attr, [type(p) for p in m.parametrizations[attr]])
-            for n, m in model.named_modules()
-            if parametrize.is_parametrized(m)
-            for attr in m.parametrizations
-        ],
-    }
-
-
-def _assert_same(before, after):
-    assert before["state"].keys() == after["state"].keys()
-    for k, v in before["state"].items():
-        assert torch.equal(v, after["state"][k]), k
-    for b, a in zip(before["params"], after["params"], strict=True):
-        assert b[:4] == a[:4]
-        assert (b[4] is None and a[4] is None) or torch.equal(b[4], a[4]), b[0]
-    for key in ("buffers", "modules", "hooks", "parametrizations"):
-        assert before[key] == after[key], key
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_compute_scores_and_find_masks_leave_the_model_exactly_as_found(method):
     model, _ = _decorated_model()
-    before = _snapshot(model)
-    scores = scores_of(model, method, batches())
+    with unchanged(model):
+        scores = scores_of(model, method, batches())
     assert set(scores) == {"conv.weight", "fc1.weight", "fc2.weight"}
-    _assert_same(before, _snapshot(model))
-    masks_of(model, method, batches(), density=0.3, rounds=2)
-    _assert_same(before, _snapshot(model))
+    with unchanged(model):
+        masks_of(model, method, batches(), density=0.3, rounds=2)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -541,13 +503,7 @@ def test_callback_as_written_and_load_from_checkpoint_gives_the_pruned_model(tmp
     dm = DigitsDataModule(batch_size=16, examples_per_class=1)
     trainer = L.Trainer(
         callbacks=[ForesightPruningCallback(method="px", density=0.018, rounds=100)],
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+        **trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=0),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

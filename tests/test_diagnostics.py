@@ -4,6 +4,7 @@ diagnostics callback in a real fit, read back from the real event file."""
 import lightning as L
 import pytest
 import torch
+from helpers import trainer_kwargs, unchanged
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -17,13 +18,13 @@ from px_lightning.modules import ImageClassifier
 from px_lightning.pruning import apply_masks, compute_scores, find_masks, get_masks
 
 
-def tiny_mlp(bias=True, seed=0):
+def tiny_mlp(bias=True, seed=0, second_activation=nn.Tanh):
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Linear(4, 6, bias=bias),
         nn.ReLU(),
         nn.Linear(6, 5, bias=bias),
-        nn.Tanh(),
+        second_activation(),
         nn.Linear(5, 3, bias=bias),
     ).double()
 
@@ -81,11 +82,10 @@ def test_masked_ntk_matches_brute_force_and_model_is_untouched():
                 p.mul_(masks[n])
     ref = brute_force_ntk(plain, x, masks)
     apply_masks(model, masks)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    assert torch.allclose(empirical_ntk(model, x), ref, rtol=1e-10, atol=1e-12)  # installed masks
+    with unchanged(model):  # weights, masks and the training mode as they were
+        assert torch.allclose(empirical_ntk(model, x), ref, rtol=1e-10, atol=1e-12)  # installed masks
     assert model.training
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     # dense=True: the same weights without masks.
     assert torch.allclose(empirical_ntk(model, x, dense=True), brute_force_ntk(tiny_mlp(), x), rtol=1e-10)
     # masks given for a plain model: the same kernel as installing them.
@@ -95,14 +95,7 @@ def test_masked_ntk_matches_brute_force_and_model_is_untouched():
 def test_single_path_gives_the_expected_trace():
     # Input 2 -> hidden 4 -> hidden 1 -> output 0: f_0(x) = w3 * w2 * w1 * x_2 where x_2 > 0 (ReLU gates),
     # else 0. The trace sums, over samples, the squared derivatives with respect to the three kept weights.
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(4, 6, bias=False),
-        nn.ReLU(),
-        nn.Linear(6, 5, bias=False),
-        nn.ReLU(),
-        nn.Linear(5, 3, bias=False),
-    ).double()
+    model = tiny_mlp(bias=False, second_activation=nn.ReLU)
     masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
     masks["0.weight"][4, 2] = masks["2.weight"][1, 4] = masks["4.weight"][0, 1] = True
     with torch.no_grad():  # positive weights: the path is open for every sample with x_2 > 0
@@ -176,14 +169,15 @@ def fit(tmp_path, diagnostics, max_epochs=1, pruning=True):
         callbacks.append(ForesightPruningCallback("px", density=0.2, rounds=2, verbose=False))
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
     trainer = L.Trainer(
-        max_epochs=max_epochs,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=logger,
         callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
+        **trainer_kwargs(
+            tmp_path,
+            max_epochs=max_epochs,
+            max_steps=-1,
+            limit_train_batches=2,
+            limit_val_batches=0,
+            logger=logger,
+        ),
     )
     dense = {k: v.clone() for k, v in module.state_dict().items()}
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=32, examples_per_class=2))
@@ -225,12 +219,8 @@ def test_logs_density_scores_and_ntk_to_a_real_event_file(tmp_path):
 def test_refuses_a_trainer_without_tensorboard_or_masks(tmp_path):
     module = ImageClassifier(SmallCNN(10, widths=(4, 8)), num_classes=10)
     trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
         callbacks=[PruningDiagnosticsCallback(log_scores=False)],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
+        **trainer_kwargs(tmp_path, max_epochs=1, max_steps=-1),
     )
     with pytest.raises(ValueError, match="TensorBoardLogger"):
         trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
@@ -299,16 +289,14 @@ def test_scores_use_the_module_loss_and_the_pruning_data_and_keep_the_backend(tm
     expected = ExpectedScores({"first2": batches[:2], "all": batches})
     module = TinySegmenter()
     trainer = L.Trainer(
-        max_steps=1,
-        logger=TensorBoardLogger(tmp_path, name="seg", default_hp_metric=False),
         callbacks=[
             PruningDiagnosticsCallback(log_ntk=False),
             ForesightPruningCallback("snip", density=0.3, num_batches=2, verbose=False),
             expected,
         ],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
+        **trainer_kwargs(
+            tmp_path, max_steps=1, logger=TensorBoardLogger(tmp_path, name="seg", default_hp_metric=False)
+        ),
     )
     before = matplotlib.get_backend()
     matplotlib.use("svg")  # a notebook's non-Agg backend: the callback must leave it alone

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CountingMagnitude, CountingPX
 from torch import nn
 
 from px_lightning.pruning import (
     MagnitudeScorer,
-    PXScorer,
     apply_masks,
     compute_scores,
     density_schedule,
@@ -262,19 +262,11 @@ def test_grasp_continuing_ranks_pruned_weights_last(dtype):
     assert all(torch.equal(got[n], want[n]) for n in want)
 
 
-class _CountingMagnitude(MagnitudeScorer):
-    calls = 0
-
-    def score(self, *args, **kwargs):
-        type(self).calls += 1
-        return super().score(*args, **kwargs)
-
-
 def test_density_one_and_a_target_above_the_current_masks_score_nothing():
     model = small_cnn()
-    scorer = _CountingMagnitude()
+    scorer = CountingMagnitude()
     masks = find_masks(model, scorer, density=1.0, rounds=5)
-    assert _CountingMagnitude.calls == 0 and all(bool(m.all()) for m in masks.values())
+    assert scorer.calls == 0 and all(bool(m.all()) for m in masks.values())
 
     apply_masks(model, find_masks(model, "magnitude", density=0.25))
     before = {n: m.clone() for n, m in get_masks(model).items()}
@@ -283,7 +275,7 @@ def test_density_one_and_a_target_above_the_current_masks_score_nothing():
         match=r"already keep less than density 0\.5 \(global scope; kept now: 0\.25.*nothing pruned",
     ):
         again = find_masks(model, scorer, density=0.5, rounds=3)
-    assert _CountingMagnitude.calls == 0
+    assert scorer.calls == 0
     assert all(torch.equal(again[n], before[n]) for n in before)
 
 
@@ -304,22 +296,16 @@ def test_ties_at_the_threshold_that_cut_the_density_are_reported():
 
 
 def test_an_infeasible_dense_head_fails_before_any_scoring():
-    class CountingPX(PXScorer):
-        calls = 0
-
-        def score(self, *args, **kwargs):
-            type(self).calls += 1
-            return super().score(*args, **kwargs)
-
     model = small_cnn()
     targets = prunable_parameters(model)
     head = list(targets)[-1]
     params = dict(model.named_parameters())
     too_low = 0.5 * params[head].numel() / sum(params[n].numel() for n in targets)
     x = torch.randn(4, 3, 16, 16)
+    scorer = CountingPX(dense_head=True)
     with pytest.raises(ValueError, match=rf"keeps .* not more than the dense tensors \['{head}'\]"):
-        find_masks(model, CountingPX(dense_head=True), [x], density=too_low, rounds=10)
-    assert CountingPX.calls == 0
+        find_masks(model, scorer, [x], density=too_low, rounds=10)
+    assert scorer.calls == 0
 
 
 def test_local_scope_prunes_the_unmasked_layers_of_a_partly_masked_model():

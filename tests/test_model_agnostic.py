@@ -3,17 +3,10 @@ import copy
 import pytest
 import torch
 import torchvision
+from helpers import mlp, unchanged
 from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks, get_masks, sparsity_report
-
-
-def snapshot(model):
-    return (
-        copy.deepcopy(model.state_dict()),
-        model.training,
-        {n: p.requires_grad for n, p in model.named_parameters()},
-    )
 
 
 @pytest.mark.parametrize("method", ["px", "snip", "synflow", "magnitude"])
@@ -24,12 +17,8 @@ def test_torchvision_resnet18_masked_scoring_leaves_model_untouched(method):
     masks = find_masks(model, "px", batches, density=0.2, rounds=2)
     apply_masks(model, masks)
     model.train()
-    before = snapshot(model)
-    scores = compute_scores(model, method, batches)
-    after = snapshot(model)
-    assert before[1:] == after[1:]
-    for k, v in before[0].items():
-        assert torch.equal(v, after[0][k]), k
+    with unchanged(model):
+        scores = compute_scores(model, method, batches)
     # scoring sees the masked network: a pruned weight scores zero (SNIP/SynFlow/PX multiply by the mask)
     for name, mask in masks.items():
         assert torch.all(scores[name][~mask] == 0), name
@@ -84,7 +73,7 @@ class DictOutput(torch.nn.Module):
 @pytest.mark.parametrize("method", ["px", "snip", "grasp", "synflow"])
 def test_dict_outputs_score_like_tensor_outputs(method):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    net = mlp(4, 8, 3)
     batches = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
     plain = compute_scores(net, method, batches)
     wrapped = compute_scores(DictOutput(net), method, batches)

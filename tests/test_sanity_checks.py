@@ -2,19 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks
-
-
-def _net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
-
-
-def _batches():
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(2)]
 
 
 def _counts(masks):
@@ -22,26 +11,22 @@ def _counts(masks):
 
 
 @pytest.mark.parametrize("method, rounds", [("magnitude", 1), ("synflow", 3), ("snip", 1)])
-def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(method, rounds):
-    model, batches = _net(), _batches()
+def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(
+    method, rounds, tiny_conv_linear, scoring_batches
+):
+    model, batches = tiny_conv_linear, scoring_batches
     plain = find_masks(model, method, batches, density=0.1, rounds=rounds)
-    shuffled = find_masks(
-        model,
-        method,
-        batches,
-        density=0.1,
-        rounds=rounds,
-        reshuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
-    again = find_masks(
-        model,
-        method,
-        batches,
-        density=0.1,
-        rounds=rounds,
-        reshuffle=True,
-        generator=torch.Generator().manual_seed(0),
+    shuffled, again = (
+        find_masks(
+            model,
+            method,
+            batches,
+            density=0.1,
+            rounds=rounds,
+            reshuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        for _ in range(2)
     )
     assert _counts(shuffled) == _counts(plain)
     assert all(torch.equal(shuffled[n], again[n]) for n in plain)  # seeded by the generator
@@ -49,8 +34,8 @@ def test_reshuffle_keeps_each_layers_count_and_moves_the_weights(method, rounds)
     assert overlap < 0.5  # about the density by chance, far from 1
 
 
-def test_invert_keeps_each_layers_lowest_scored_weights():
-    model, batches = _net(), _batches()
+def test_invert_keeps_each_layers_lowest_scored_weights(tiny_conv_linear, scoring_batches):
+    model, batches = tiny_conv_linear, scoring_batches
     plain = find_masks(model, "magnitude", batches, density=0.2)
     inverted = find_masks(model, "magnitude", batches, density=0.2, invert=True)
     assert _counts(inverted) == _counts(plain)
@@ -62,8 +47,10 @@ def test_invert_keeps_each_layers_lowest_scored_weights():
         assert int((inverted[name] & plain[name]).sum()) == max(0, 2 * k - n)
 
 
-def test_invert_ranks_by_the_first_rounds_scores_and_never_revives_a_pruned_weight():
-    model, batches = _net(), _batches()
+def test_invert_ranks_by_the_first_rounds_scores_and_never_revives_a_pruned_weight(
+    tiny_conv_linear, scoring_batches
+):
+    model, batches = tiny_conv_linear, scoring_batches
     start = find_masks(model, "magnitude", batches, density=0.5)
     apply_masks(model, start)
     scores = compute_scores(model, "synflow", batches)
@@ -74,8 +61,8 @@ def test_invert_ranks_by_the_first_rounds_scores_and_never_revives_a_pruned_weig
         assert float(kept.max()) <= float(dropped.min())
 
 
-def test_sanity_options_are_checked():
-    model = _net()
+def test_sanity_options_are_checked(tiny_conv_linear):
+    model = tiny_conv_linear
     with pytest.raises(ValueError, match="reshuffle and invert"):
         find_masks(model, "magnitude", density=0.5, reshuffle=True, invert=True)
     with pytest.raises(TypeError, match="invert must be True or False, got 1"):

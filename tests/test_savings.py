@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers import conv_linear
 from torch import nn
 
 from px_lightning.pruning import apply_masks, effective_masks, find_masks, get_masks
@@ -147,7 +148,7 @@ def test_scaled_dot_product_attention_and_matmuls_outside_modules_are_counted():
 
 def chain_with_dead_unit():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    model = conv_linear(channels=4, size=8, classes=5)
     first = torch.ones(4, 3, 3, 3, dtype=torch.bool)
     first[0] = False  # channel 0 is cut off from the input: the linear weights reading it are not effective
     apply_masks(model, {"0.weight": first, "3.weight": torch.rand(5, 144) < 0.5})

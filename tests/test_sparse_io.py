@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 import torchvision
+from helpers import conv_linear, mlp, unchanged
 from torch import nn
 
 from px_lightning.pruning import apply_masks, find_masks, get_masks
@@ -99,22 +100,20 @@ def test_loading_into_a_model_that_already_has_masks_updates_them(pruned_resnet1
 def test_another_architecture_is_refused_naming_the_first_mismatched_tensor(pruned_resnet18, build, named):
     _, _, sparse_file = pruned_resnet18
     other = build()
-    before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(ValueError, match=f"another architecture.*{named}"):
+    with unchanged(other), pytest.raises(ValueError, match=f"another architecture.*{named}"):
         load_sparse(sparse_file, other)
     assert not get_masks(other)  # refused before anything was written
-    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
 
 
 def test_a_model_with_an_extra_tensor_and_a_dtype_mismatch_are_refused(tmp_path):
-    small = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    small = mlp()
     apply_masks(small, {"0.weight": torch.rand(8, 4) < 0.5})
     path = tmp_path / "small.pt"
     save_sparse(small, path)
     with pytest.raises(
         ValueError, match=r"expects shape \(8, 4\) float64, the file holds shape \(8, 4\) float32"
     ):
-        load_sparse(path, nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double())
+        load_sparse(path, mlp().double())
     with pytest.raises(ValueError, match="its tensor '2.weight'.*is not in the model"):
         load_sparse(path, nn.Sequential(nn.Linear(4, 8)))
 
@@ -145,18 +144,14 @@ def test_bits_pack_and_unpack():
 
 def test_round_trip_of_a_half_precision_model_with_a_file_object(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).to(
-        torch.bfloat16
-    )
+    model = conv_linear(channels=8, size=6, classes=3).to(torch.bfloat16)
     apply_masks(
         model, {n: torch.rand(p.shape) < 0.3 for n, p in model.named_parameters() if n.endswith("weight")}
     )
     path = tmp_path / "bf16.pt"
     with open(path, "wb") as f:
         save_sparse(model, f)
-    fresh = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).to(
-        torch.bfloat16
-    )
+    fresh = conv_linear(channels=8, size=6, classes=3).to(torch.bfloat16)
     with open(path, "rb") as f:
         load_sparse(f, fresh)
     x = torch.randn(2, 3, 6, 6, dtype=torch.bfloat16)

@@ -11,6 +11,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torchvision
+from helpers import unchanged
 
 from px_lightning.pruning import find_masks, prunable_parameters
 
@@ -44,28 +45,6 @@ CASES = {
 }
 
 
-def snapshot(model):
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        "hooks": {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()},
-    }
-
-
-def assert_same(before, after):
-    assert before["modes"] == after["modes"]
-    assert before["requires_grad"] == after["requires_grad"]
-    assert before["hooks"] == after["hooks"]
-    assert before["state"].keys() == after["state"].keys()
-    for k, v in before["state"].items():
-        assert torch.equal(v, after["state"][k]), k
-    for n, g in before["grads"].items():
-        now = after["grads"][n]
-        assert (g is None and now is None) or (g is not None and now is not None and torch.equal(g, now)), n
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_find_masks_leaves_caller_model_unchanged(name):
     build, data, other = CASES[name]
@@ -84,14 +63,12 @@ def test_find_masks_leaves_caller_model_unchanged(name):
     model.get_parameter(last).grad = torch.full_like(model.get_parameter(last), 0.5)
     list(model.modules())[1].train()
     model.register_forward_hook(lambda module, inputs, output: None)
-    before = snapshot(model)
     total = sum(model.get_parameter(n).numel() for n in prunable_parameters(model))
     for method in ("px", other):
-        with warnings.catch_warnings():
+        with unchanged(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # layer collapse at this density is not the point here
             options = {"seed": 0} if method == "ntksap" else {}
             masks = find_masks(model, method, batches, density=0.1, rounds=1, **options)
         assert set(masks) == set(prunable_parameters(model))
         kept = sum(int(m.sum()) for m in masks.values())
         assert abs(kept - 0.1 * total) <= 1, method
-        assert_same(before, snapshot(model))

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from px_lightning.pruning import density_schedule, find_masks, threshold_masks
 from px_lightning.pruning.validation import (
@@ -18,10 +17,6 @@ from px_lightning.pruning.validation import (
 
 def _scores():
     return {"a.weight": torch.rand(4, 5), "b.weight": torch.rand(3)}
-
-
-def _net():
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
 @pytest.mark.parametrize(
@@ -65,13 +60,13 @@ def test_density_schedule_values():
     "rounds, error",
     [(True, TypeError), (0, ValueError), (-1, ValueError), (2.0, TypeError), ("3", TypeError)],
 )
-def test_find_masks_refuses_bad_rounds(rounds, error):
+def test_find_masks_refuses_bad_rounds(rounds, error, tiny_mlp):
     with pytest.raises(error, match="rounds must be an integer >= 1"):
-        find_masks(_net(), "magnitude", density=0.5, rounds=rounds)
+        find_masks(tiny_mlp, "magnitude", density=0.5, rounds=rounds)
 
 
-def test_find_masks_takes_none_rounds_as_the_methods_default():
-    masks = find_masks(_net(), "magnitude", density=0.5, rounds=None)
+def test_find_masks_takes_none_rounds_as_the_methods_default(tiny_mlp):
+    masks = find_masks(tiny_mlp, "magnitude", density=0.5, rounds=None)
     assert sum(int(m.sum()) for m in masks.values()) == 48 - pruned_count(48, 0.5)
 
 

@@ -89,19 +89,30 @@ def _cifar_batch(
     return batch
 
 
+def _new_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _labels(per_class: int, classes: int, rng: np.random.Generator | None = None) -> list[int]:
+    """``per_class`` of each class label, shuffled in place by ``rng`` when given."""
+    labels = [c for _ in range(per_class) for c in range(classes)]
+    if rng is not None:
+        rng.shuffle(labels)
+    return labels
+
+
 def write_cifar10(root: str | Path, per_class_per_batch: int = 1, test_per_class: int = 2) -> Path:
     """CIFAR-10 with ``5 * per_class_per_batch`` training and ``test_per_class`` test images per class."""
     root = Path(root)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _new_folder(root / "cifar-10-batches-py")
     rng = np.random.default_rng(0)
     for i in range(1, 6):
-        labels = [c for _ in range(per_class_per_batch) for c in range(10)]
-        rng.shuffle(labels)
+        labels = _labels(per_class_per_batch, 10, rng)
         _py2_pickle(
             _cifar_batch(labels, 10, "labels", f"training batch {i} of 5", rng), folder / f"data_batch_{i}"
         )
-    labels = [c for _ in range(test_per_class) for c in range(10)]
+    labels = _labels(test_per_class, 10)
     _py2_pickle(_cifar_batch(labels, 10, "labels", "testing batch 1 of 1", rng), folder / "test_batch")
     meta = {
         b"num_cases_per_batch": 10 * per_class_per_batch,
@@ -116,12 +127,10 @@ def write_cifar10(root: str | Path, per_class_per_batch: int = 1, test_per_class
 def write_cifar100(root: str | Path, train_per_class: int = 2, test_per_class: int = 1) -> Path:
     """CIFAR-100 (fine and coarse labels) with ``train_per_class`` / ``test_per_class`` images per class."""
     root = Path(root)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _new_folder(root / "cifar-100-python")
     rng = np.random.default_rng(1)
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        labels = [c for _ in range(per_class) for c in range(100)]
-        rng.shuffle(labels)
+        labels = _labels(per_class, 100, rng)
         coarse = {b"coarse_labels": [c // 5 for c in labels]}
         _py2_pickle(_cifar_batch(labels, 100, "fine_labels", split, rng, coarse), folder / split)
     meta = {
@@ -155,8 +164,7 @@ def tiny_imagenet_wnids() -> list[str]:
 def write_tiny_imagenet(root: str | Path, train_per_class: int = 2, val_images: int = 20) -> Path:
     """Tiny-ImageNet-200: 200 classes, ``train_per_class`` 64x64 JPEGs each, ``val_images`` validation."""
     root = Path(root)
-    folder = root / "tiny-imagenet-200"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _new_folder(root / "tiny-imagenet-200")
     wnids = tiny_imagenet_wnids()
     (folder / "wnids.txt").write_text("".join(w + "\n" for w in wnids))
     (folder / "words.txt").write_text("".join(f"{w}\tthing {i}\n" for i, w in enumerate(wnids)))
