@@ -11,12 +11,17 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torch.nn.utils import parametrize
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.vision_transformer import VisionTransformer
 
 from px_lightning.pruning.scorers import MagnitudeScorer, PXScorer
 
@@ -188,3 +193,39 @@ def run_two_ranks(script: Path, out: Path, *args: str, timeout: float = 120) -> 
     for proc in procs:
         _, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err.decode()[-2000:]
+
+
+def small_convnext() -> nn.Module:
+    """A ConvNeXt-style network: LayerNorm2d after the stem and between stages, LayerNorm in the blocks,
+    layer scale, stochastic depth."""
+    blocks = [CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)]
+    return ConvNeXt(blocks, stochastic_depth_prob=0.1, num_classes=10)
+
+
+def small_vit() -> nn.Module:
+    """A ViT at 32x32; torchvision zero-initialises ``heads.head``."""
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    )
+
+
+def small_swin() -> nn.Module:
+    """A Swin transformer at 32x32: window attention, stochastic depth."""
+    return SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=[2, 2],
+        stochastic_depth_prob=0.1,
+        num_classes=10,
+    )
+
+
+# One small network of each modern kind, fresh (weights=None), 10 classes, for 32x32 inputs.
+MODERN_NETWORKS = {
+    "mobilenet_v3_small": partial(torchvision.models.mobilenet_v3_small, weights=None, num_classes=10),
+    "convnext_style": small_convnext,
+    "vit": small_vit,
+    "swin": small_swin,
+}

@@ -10,9 +10,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
+from helpers import MODERN_NETWORKS, assert_same, snapshot
 from torch import nn
-from torchvision.models.convnext import CNBlockConfig
 
 from px_lightning.pruning import ZeroScoresError, compute_scores, find_masks
 from px_lightning.pruning.factors import FrozenFactors, sample_means
@@ -20,27 +19,11 @@ from px_lightning.pruning.factors import FrozenFactors, sample_means
 VARIANTS = ("cvpr2024", "2025", "2025-eval")
 
 
-def small_vit() -> nn.Module:
-    return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
-    )
-
-
-def small_convnext() -> nn.Module:
-    return torchvision.models.ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10)
-
-
-def small_swin() -> nn.Module:
-    return torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[2, 2], num_classes=10
-    )
-
-
 NETWORKS = {
-    "se_gate": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
-    "layernorm_cnn": small_convnext,
-    "vit": small_vit,
-    "swin": small_swin,
+    "se_gate": MODERN_NETWORKS["mobilenet_v3_small"],
+    "layernorm_cnn": MODERN_NETWORKS["convnext_style"],
+    "vit": MODERN_NETWORKS["vit"],
+    "swin": MODERN_NETWORKS["swin"],
 }
 
 
@@ -49,29 +32,12 @@ def batches(dtype=torch.float32):
     return [(torch.randn(2, 3, 32, 32, generator=generator).to(dtype), torch.tensor([1, 2]))]
 
 
-def state(model: nn.Module) -> tuple:
-    return (
-        copy.deepcopy(model.state_dict()),
-        [(n, p.requires_grad, p.grad) for n, p in model.named_parameters()],
-        [m.training for m in model.modules()],
-    )
-
-
-def assert_same_state(before: tuple, model: nn.Module) -> None:
-    after = state(model)
-    assert before[0].keys() == after[0].keys()
-    for name, value in before[0].items():
-        assert torch.equal(value, after[0][name]), name
-    assert before[1] == after[1]
-    assert before[2] == after[2]
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", sorted(NETWORKS))
 def test_px_prunes_modern_networks_at_initialisation(kind, variant):
     torch.manual_seed(0)
     model = NETWORKS[kind]().train()
-    before = state(model)
+    before = snapshot(model)
     if kind == "se_gate" and variant == "2025":
         # The 2025 code as published normalises its kernel copy's one all-ones sample by its own
         # statistics: on a BatchNorm network its scores are round-off; the error says so, naming the
@@ -80,7 +46,7 @@ def test_px_prunes_modern_networks_at_initialisation(kind, variant):
             find_masks(model, "px", batches(), density=0.05, rounds=2, variant=variant)
         assert "variant='2025'" in str(err.value) and "kernel_norm" not in str(err.value)
         assert "pruned tensors of this model" in str(err.value)
-        assert_same_state(before, model)
+        assert_same(before, snapshot(model))
         return
     masks = find_masks(model, "px", batches(), density=0.05, rounds=2, variant=variant)
     kept = sum(int(m.sum()) for m in masks.values())
@@ -89,7 +55,7 @@ def test_px_prunes_modern_networks_at_initialisation(kind, variant):
     scores = compute_scores(model, "px", batches(), variant=variant)
     assert all(torch.isfinite(s).all() for s in scores.values())
     assert sum(int((s > 0).sum()) for s in scores.values()) > total // 2
-    assert_same_state(before, model)
+    assert_same(before, snapshot(model))
 
 
 def test_layernorm_replays_the_recorded_statistics():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-import torchvision
+from helpers import small_vit, unchanged
 from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks
@@ -20,9 +20,7 @@ from px_lightning.pruning.zero_init import (
 
 def _vit() -> nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
-    )
+    return small_vit()
 
 
 def _batches():
@@ -30,24 +28,18 @@ def _batches():
     return [(torch.randn(2, 3, 32, 32, generator=g), torch.tensor([0, 1]))]
 
 
-def _snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_vit_with_zero_head_gets_nonzero_px_scores_deterministically_and_model_untouched(variant):
     model = _vit()
     assert not model.heads.head.weight.any()  # the architecture zero-initialises it
-    before, training = _snapshot(model), model.training
-    first = compute_scores(model, "px", _batches(), variant=variant)
-    second = compute_scores(model, "px", _batches(), variant=variant)
+    with unchanged(model):
+        first = compute_scores(model, "px", _batches(), variant=variant)
+        second = compute_scores(model, "px", _batches(), variant=variant)
     # Without the substitution every path runs through a zero head and every score is 0.
     assert all(bool(s.any()) for s in first.values()), [n for n, s in first.items() if not s.any()]
     for n in first:
         assert torch.equal(first[n], second[n]), n
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert model.training == training and not model.heads.head.weight.any()
+    assert not model.heads.head.weight.any()
 
 
 def test_default_init_matches_torch_default_bounds_and_is_deterministic():

@@ -10,16 +10,12 @@ masks of the asked density with no all-zero scores, and leave the caller's model
 from __future__ import annotations
 
 import warnings
-from functools import partial
 
 import pytest
 import torch
 import torchvision
-from test_torchvision_models import assert_same, snapshot
+from helpers import MODERN_NETWORKS, assert_same, small_convnext, small_vit, snapshot
 from torch import nn
-from torchvision.models.convnext import CNBlockConfig, ConvNeXt
-from torchvision.models.swin_transformer import SwinTransformer
-from torchvision.models.vision_transformer import VisionTransformer
 
 from px_lightning.pruning import ZeroScoresError, compute_scores, find_masks, prunable_parameters
 from px_lightning.pruning.scorers import get_scorer
@@ -28,37 +24,7 @@ BASELINES = ["snip", "grasp", "synflow", "ntksap", "magnitude", "random"]
 DENSITY = 0.05
 
 
-def small_convnext() -> nn.Module:
-    # LayerNorm2d after the stem and between stages, LayerNorm in the blocks, layer scale, stochastic depth.
-    blocks = [CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)]
-    return ConvNeXt(blocks, stochastic_depth_prob=0.1, num_classes=10)
-
-
-def small_vit() -> nn.Module:
-    # torchvision zero-initialises heads.head: every path through it has weight 0 at initialisation.
-    return VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
-    )
-
-
-def small_swin() -> nn.Module:
-    return SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[1, 2],
-        window_size=[2, 2],
-        stochastic_depth_prob=0.1,
-        num_classes=10,
-    )
-
-
-NETWORKS = {
-    "mobilenet_v3_small": partial(torchvision.models.mobilenet_v3_small, weights=None, num_classes=10),
-    "convnext_style": small_convnext,
-    "vit": small_vit,
-    "swin": small_swin,
-}
+NETWORKS = MODERN_NETWORKS
 
 
 def batches():

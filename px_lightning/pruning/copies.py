@@ -137,9 +137,29 @@ class ActivationGates(TorchFunctionMode):
         return x.mul_(gate) if _is_inplace(func, args, kwargs) else x * gate
 
 
+# Stochastic depth: torchvision's ``StochasticDepth`` and timm's ``DropPath``/``DropBlock2d``, matched by
+# class name so that the pruning layer need not import timm. Each drops whole residual branches at random
+# in ``train()`` mode, as dropout drops units.
+STOCHASTIC_LAYER_NAMES = frozenset({"StochasticDepth", "DropPath", "DropBlock2d"})
+
+
+def without_randomness(net: nn.Module) -> nn.Module:
+    """``net`` with every dropout and stochastic-depth layer in ``eval()`` mode, the rest as it is; returns
+    ``net``. Scores are then a function of the weights and the data alone (a ``train()``-mode copy of a
+    ConvNeXt, an EfficientNet or a Swin would otherwise drop random residual branches).
+
+    Example:
+        >>> net = without_randomness(plain_copy(model).train())
+    """
+    for m in net.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ in STOCHASTIC_LAYER_NAMES:
+            m.eval()
+    return net
+
+
 def set_modes(net: nn.Module, norm_train: bool) -> nn.Module:
-    """``net`` in ``train()`` mode with its normalisation layers in ``train(norm_train)`` and dropout off
-    (scores are deterministic). Returns ``net``.
+    """``net`` in ``train()`` mode with its normalisation layers in ``train(norm_train)``, dropout and
+    stochastic depth off (scores are deterministic). Returns ``net``.
 
     Example:
         >>> set_modes(net, norm_train=False)  # BatchNorm on running statistics
@@ -148,9 +168,7 @@ def set_modes(net: nn.Module, norm_train: bool) -> nn.Module:
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase):
             m.train(norm_train)
-        elif isinstance(m, nn.modules.dropout._DropoutNd | nn.Dropout):
-            m.eval()
-    return net
+    return without_randomness(net)
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -205,4 +223,5 @@ __all__ = [
     "norms_with_statistics",
     "plain_copy",
     "set_modes",
+    "without_randomness",
 ]

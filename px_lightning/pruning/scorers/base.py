@@ -10,11 +10,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# Stochastic depth: torchvision's ``StochasticDepth`` and timm's ``DropPath``/``DropBlock2d``, matched by
-# class name so that the pruning layer need not import timm. Each drops whole residual branches at random
-# in ``train()`` mode, as dropout drops units.
-STOCHASTIC_LAYER_NAMES = frozenset({"StochasticDepth", "DropPath", "DropBlock2d"})
-
 
 def check_seed(seed: object, method: str) -> int | None:
     """``seed`` as an ``int`` (or ``None``), checked when the scorer is made rather than at scoring time.
@@ -35,22 +30,6 @@ def check_seed(seed: object, method: str) -> int | None:
     except (RuntimeError, ValueError, OverflowError) as err:
         raise ValueError(f"{method}: seed {value} is out of range for torch's generator ({err})") from None
     return value
-
-
-def without_randomness(net: nn.Module) -> nn.Module:
-    """``net`` with every dropout and stochastic-depth layer in ``eval()`` mode, the rest as it is; returns ``net``.
-
-    Scores are then a function of the weights and the data alone: the published SNIP and GraSP score their
-    copies in ``train()`` mode (for BatchNorm's batch statistics), which on ConvNeXt, EfficientNet or Swin
-    would also drop random residual branches and give different masks on every call.
-
-    Example:
-        >>> net = without_randomness(plain_copy(model).train())
-    """
-    for m in net.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ in STOCHASTIC_LAYER_NAMES:
-            m.eval()
-    return net
 
 
 @contextlib.contextmanager

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..copies import plain_copy
+from ..copies import plain_copy, without_randomness
 from ..zero_init import at_default_init
-from .base import Scorer, differentiable_attention, labelled_batch, model_output, without_randomness
+from .base import Scorer, differentiable_attention, labelled_batch, model_output
 
 
 class TwiceDifferentiable(TorchFunctionMode):

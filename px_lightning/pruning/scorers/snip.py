@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..copies import plain_copy
+from ..copies import plain_copy, without_randomness
 from ..zero_init import at_default_init
-from .base import Scorer, labelled_batch, model_output, without_randomness
+from .base import Scorer, labelled_batch, model_output
 
 
 class SNIPScorer(Scorer):
