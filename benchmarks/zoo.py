@@ -1,0 +1,177 @@
+"""Every method on the networks users bring: torchvision's classification zoo and a few timm models.
+
+Each cell is one ``find_masks(model, method, batches, density=0.05, rounds=2)`` on a fresh model
+(``weights=None``, 10 classes) with 2 random images at the smallest side the model accepts (tried in
+``SIDES``), as a new user would call it. Recorded per cell: seconds, the error (if any), the density
+reached, the layers emptied (collapsed), the effective density (kept weights on an input-output path,
+``effective_masks``), whether the model was left untouched, and the time against PX's on the same model.
+
+Usage:
+    python benchmarks/zoo.py                                   # the whole zoo (about an hour on 2 cores)
+    python benchmarks/zoo.py --models resnet18 vit_b_16 timm.convnext_atto --methods px synflow
+    python benchmarks/zoo.py --report                          # only rebuild the table from --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torchvision
+
+from px_lightning.pruning import effective_masks, find_masks
+
+# The method names of the table: PX in each variant, then the baselines.
+METHODS = {
+    "px": ("px", {"variant": "cvpr2024"}),
+    "px-2025": ("px", {"variant": "2025"}),
+    "px-2025-eval": ("px", {"variant": "2025-eval"}),
+    "snip": ("snip", {}),
+    "grasp": ("grasp", {}),
+    "synflow": ("synflow", {}),
+    "ntksap": ("ntksap", {"seed": 0}),
+    "magnitude": ("magnitude", {}),
+    "random": ("random", {"seed": 0}),
+}
+TIMM_MODELS = (
+    "vit_tiny_patch16_224",
+    "deit_tiny_patch16_224",
+    "convnext_atto",
+    "efficientnet_b0",
+    "mobilenetv3_small_100",
+    "regnety_002",
+    "resnet18d",
+)
+SIDES = (32, 64, 96, 128, 160, 224, 299)
+MAX_PARAMETERS = 100_000_000
+DENSITY, ROUNDS = 0.05, 2
+OUT = Path(__file__).resolve().parent / "zoo_results.jsonl"
+
+
+def build(name: str) -> torch.nn.Module:
+    """A fresh model by table name: ``timm.<name>`` or a torchvision classification model."""
+    torch.manual_seed(0)
+    if name.startswith("timm."):
+        import timm
+
+        return timm.create_model(name.removeprefix("timm."), pretrained=False, num_classes=10)
+    return torchvision.models.get_model(name, weights=None, num_classes=10)
+
+
+def zoo_names() -> list[str]:
+    """torchvision's classification models of at most ``MAX_PARAMETERS`` parameters, then the timm ones."""
+    names = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        with torch.device("meta"):
+            size = sum(p.numel() for p in torchvision.models.get_model(name, weights=None).parameters())
+        if size <= MAX_PARAMETERS:
+            names.append(name)
+    return names + [f"timm.{n}" for n in TIMM_MODELS]
+
+
+def smallest_side(model: torch.nn.Module) -> int:
+    """The smallest side in ``SIDES`` at which a forward pass of 2 images runs (eval mode, no gradient)."""
+    model.eval()
+    for side in SIDES:
+        try:
+            with torch.no_grad():
+                model(torch.randn(2, 3, side, side))
+            return side
+        except (RuntimeError, ValueError, AssertionError, IndexError):
+            continue
+    raise RuntimeError(f"no side in {SIDES} runs")
+
+
+def run_cell(name: str, method: str, side: int) -> dict:
+    """One ``find_masks`` call on a fresh model, as the module docstring says."""
+    model = build(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 3, side, side, generator=generator), torch.tensor([1, 7]))]
+    scorer, options = METHODS[method]
+    row = {"model": name, "method": method, "side": side}
+    start = time.perf_counter()
+    try:
+        masks = find_masks(model, scorer, batches, density=DENSITY, rounds=ROUNDS, **options)
+    except Exception as err:  # noqa: BLE001 - recorded, not raised: the table shows which calls fail and why
+        row.update(seconds=time.perf_counter() - start, error=f"{type(err).__name__}: {err}"[:300])
+        row["trace"] = traceback.format_exc(limit=-2)[-600:]
+        return row
+    row["seconds"] = time.perf_counter() - start
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    effective = effective_masks(model, batches[0][0], masks)
+    row.update(
+        density=kept / total,
+        collapsed=[n for n, m in masks.items() if not m.any()],
+        effective_density=sum(int(m.sum()) for m in effective.values()) / total,
+        untouched=all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()),
+    )
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per model a line per method with seconds, layers collapsed, effective density, and the
+    time over PX's; failed calls show their error."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    by = {(r["model"], r["method"]): r for r in rows}
+    lines = [
+        "Cell: seconds / layers collapsed / effective density (x PX's time); `failed` gives the error below.",
+        "",
+        "| model (side) | " + " | ".join(methods) + " |",
+        "| --- |" + " --- |" * len(methods),
+    ]
+    errors = []
+    for model in models:
+        px = by.get((model, "px"), {}).get("seconds")
+        cells = []
+        for method in methods:
+            r = by.get((model, method))
+            if r is None:
+                cells.append("")
+            elif "error" in r:
+                errors.append(f"- {model}, {method}: {r['error']}")
+                cells.append("failed")
+            else:
+                ratio = f" (x{r['seconds'] / px:.1f})" if px and method != "px" else ""
+                flag = "" if r["untouched"] else " CHANGED"
+                cells.append(
+                    f"{r['seconds']:.1f} / {len(r['collapsed'])} / {r['effective_density']:.3f}{ratio}{flag}"
+                )
+        side = next(r["side"] for r in rows if r["model"] == model)
+        lines.append(f"| {model} ({side}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ([""] + errors if errors else []))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--models", nargs="+", help="table names (timm ones as timm.<name>); default: the zoo"
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--report", action="store_true", help="only print the table of --out")
+    args = parser.parse_args(argv)
+    if not args.report:
+        torch.set_num_threads(args.threads)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for name in args.models or zoo_names():
+            side = smallest_side(build(name))
+            for method in args.methods:
+                row = run_cell(name, method, side)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
+    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    latest = {(r["model"], r["method"]): r for r in rows}  # a rerun of a cell replaces it
+    print(table(list(latest.values())))
+
+
+if __name__ == "__main__":
+    main()
