@@ -66,8 +66,12 @@ def zoo_names() -> list[str]:
     """torchvision's classification models of at most ``MAX_PARAMETERS`` parameters, then the timm ones."""
     names = []
     for name in torchvision.models.list_models(module=torchvision.models):
-        with torch.device("meta"):
-            size = sum(p.numel() for p in torchvision.models.get_model(name, weights=None).parameters())
+        try:
+            with torch.device("meta"):  # no memory, no init time
+                model = torchvision.models.get_model(name, weights=None)
+        except NotImplementedError:  # RegNet's builder computes its widths from tensor data
+            model = torchvision.models.get_model(name, weights=None)
+        size = sum(p.numel() for p in model.parameters())
         if size <= MAX_PARAMETERS:
             names.append(name)
     return names + [f"timm.{n}" for n in TIMM_MODELS]
@@ -140,12 +144,24 @@ def table(rows: list[dict]) -> str:
             else:
                 ratio = f" (x{r['seconds'] / px:.1f})" if px and method != "px" else ""
                 flag = "" if r["untouched"] else " CHANGED"
+                flag += "" if abs(r["density"] - DENSITY) < 1e-3 else f" density {r['density']:.4f}"
                 cells.append(
                     f"{r['seconds']:.1f} / {len(r['collapsed'])} / {r['effective_density']:.3f}{ratio}{flag}"
                 )
         side = next(r["side"] for r in rows if r["model"] == model)
         lines.append(f"| {model} ({side}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ([""] + errors if errors else []))
+    slowest = []
+    for method in methods[1:] if methods[:1] == ["px"] else []:
+        ratios = [
+            (by[m, method]["seconds"] / by[m, "px"]["seconds"], m)
+            for m in models
+            if "seconds" in by.get((m, method), {}) and "error" not in by.get((m, "px"), {"error": 1})
+        ]
+        if ratios:
+            worst = max(ratios)
+            slowest.append(f"{method} x{worst[0]:.1f} ({worst[1]})")
+    summary = ["", "Most time against PX's, per method: " + ", ".join(slowest) + "."] if slowest else []
+    return "\n".join(lines + summary + ([""] + errors if errors else []))
 
 
 def main(argv: list[str] | None = None) -> None:

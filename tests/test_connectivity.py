@@ -106,6 +106,61 @@ def test_installed_masks_are_read_and_the_model_is_left_unchanged():
     assert not any(m.any() for m in effective_masks(model, x, cut).values())
 
 
+class _SEBlock(nn.Module):
+    """conv -> x * sigmoid(fc2(relu(fc1(mean(x))))) -> linear: a squeeze-excitation gate in the main path,
+    and an auxiliary head the output does not use (as GoogLeNet's in eval())."""
+
+    def __init__(self, gate: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc1, self.fc2, self.gate = nn.Conv2d(4, 2, 1), nn.Conv2d(2, 4, 1), gate
+        self.head, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = x * self.gate(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("gate", [nn.Sigmoid(), nn.Hardsigmoid(inplace=True)], ids=["sigmoid", "hardsigmoid"])
+def test_a_pruned_squeeze_excitation_gate_does_not_cut_what_it_scales(gate):
+    torch.manual_seed(0)
+    model = _SEBlock(gate)
+    dense = {
+        n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n.endswith("weight")
+    }
+    x = torch.randn(1, 3, 6, 6)
+    got = effective_masks(model, x, dense)
+    assert all(got[n].all() for n in ("conv.weight", "fc1.weight", "fc2.weight", "head.weight"))
+    assert not got["aux.weight"].any()  # no gradient reaches it: nothing on a path
+    # A sigmoid of a constant is a non-zero constant: the gated features still reach the output.
+    cut = effective_masks(model, x, {**dense, "fc1.weight": torch.zeros(2, 4, 1, 1, dtype=torch.bool)})
+    assert cut["conv.weight"].all() and cut["head.weight"].all()
+    assert not cut["fc2.weight"].any()  # fed by nothing but fc1's bias
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True)
+
+    def forward(self, x):
+        tokens = self.embed(x)
+        return self.attn(tokens, tokens, tokens, need_weights=False)[0]
+
+
+def test_attention_biases_make_no_paths():
+    torch.manual_seed(0)
+    model = _Attention()
+    masks = find_masks(model, "random", density=1.0)
+    assert "attn.in_proj_weight" in masks
+    assert effective_masks(model, torch.randn(1, 5, 4), masks)["attn.in_proj_weight"][16:].all()  # values
+    masks["embed.weight"] = torch.zeros(8, 4, dtype=torch.bool)  # the input reaches no token
+    got = effective_masks(model, torch.randn(1, 5, 4), masks)
+    assert not any(m.any() for m in got.values())  # in_proj_bias, bias_k, bias_v: constants, no path
+
+
 def test_sparsity_report_counts_effective_weights():
     model = mlp(2, 3, 1)
     apply_masks(

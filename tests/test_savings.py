@@ -67,7 +67,7 @@ def test_resnet18_flops_match_a_count_from_output_sizes_and_kept_weights(resnet1
         assert layer["flops"]["kept"] == 2 * k * positions
         dense, kept = dense + 2 * macs, kept + 2 * k * positions
     assert report["flops"]["dense"] == dense and report["flops"]["kept"] == kept
-    assert report["flops"]["unprunable"] == {"attention": 0, "attention_projections": 0, "other": 0}
+    assert report["flops"]["unprunable"] == {"attention": 0, "other": 0}
     assert report["flops_ratio"] == pytest.approx(kept / dense)
     # Random masks keep ~10% of each layer, so the FLOPs ratio is close to the density too.
     assert 0.08 < report["flops_ratio"] < 0.12
@@ -98,24 +98,60 @@ def test_tiny_vit_flops_count_attention_apart_and_in_the_totals():
     report = savings_report(model, torch.randn(3, 3, 32, 32))
     E, mlp, L, layers = 32, 64, (32 // 8) ** 2 + 1, 2  # 16 patches + the class token
     kept = {name: int(mask.sum()) for name, mask in masks.items()}.__getitem__
-    prunable_dense = 2 * (E * 3 * 8 * 8 * 16 + layers * L * (E * E + 2 * E * mlp) + E * 10)
+    prunable_dense = 2 * (E * 3 * 8 * 8 * 16 + layers * L * (3 * E * E + E * E + 2 * E * mlp) + E * 10)
     prunable_kept = 2 * kept("conv_proj.weight") * 16 + 2 * kept("heads.head.weight")
     for i in range(layers):
         block = f"encoder.layers.encoder_layer_{i}"
-        for name in ("self_attention.out_proj.weight", "mlp.0.weight", "mlp.3.weight"):
+        names = (
+            "self_attention.in_proj_weight",
+            "self_attention.out_proj.weight",
+            "mlp.0.weight",
+            "mlp.3.weight",
+        )
+        for name in names:  # self-attention: every row of the packed projection sees the L tokens
             prunable_kept += 2 * kept(f"{block}.{name}") * L
     attention = 2 * layers * (2 * L * L * E)  # q @ k^T and attn @ v
-    projections = 2 * layers * (3 * L * E * E)  # the in-projection (not a Linear: unprunable)
-    assert report["flops"]["unprunable"] == {
-        "attention": attention,
-        "attention_projections": projections,
-        "other": 0,
-    }
-    assert report["flops"]["dense"] == prunable_dense + attention + projections
-    assert report["flops"]["kept"] == prunable_kept + attention + projections
+    assert report["flops"]["unprunable"] == {"attention": attention, "other": 0}
+    assert report["flops"]["dense"] == prunable_dense + attention
+    assert report["flops"]["kept"] == prunable_kept + attention
     # LayerNorm is outside what effective_masks models: effective is not counted by default.
     assert report["flops"]["effective"] is None and report["params"]["effective"] is None
     assert "effective" not in format_savings(report) and "FLOPs/example" in format_savings(report)
+
+
+class CrossAttention(nn.Module):
+    """Queries of 12 tokens attend to 7 keys of another size: the q, k and v rows see different tokens."""
+
+    def __init__(self, packed: bool):
+        super().__init__()
+        kdim = None if packed else 6
+        self.attn = nn.MultiheadAttention(8, 2, kdim=kdim, vdim=kdim, batch_first=True)
+
+    def forward(self, x):
+        query, memory = x[:, :12, :8], x[:, 12:, : self.attn.kdim]
+        return self.attn(query, memory, memory, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_attention_projection_rows_count_the_tokens_through_them(packed):
+    torch.manual_seed(0)
+    model = CrossAttention(packed)
+    masks = find_masks(model, "random", density=0.3, seed=2)
+    apply_masks(model, masks)
+    report = savings_report(model, torch.randn(2, 19, 8), effective=False)
+    Lq, Lk, E, D = 12, 7, 8, 8 if packed else 6
+    if packed:
+        rows = masks["attn.in_proj_weight"].sum(1)
+        kept = Lq * rows[:E].sum() + Lk * rows[E:].sum()  # query rows: 12 tokens; key and value rows: 7
+        dense = Lq * E * E + 2 * Lk * E * E
+    else:
+        q, k, v = (int(masks[f"attn.{p}_proj_weight"].sum()) for p in "qkv")
+        kept, dense = Lq * q + Lk * (k + v), Lq * E * E + 2 * Lk * E * D
+    out_kept = Lq * int(masks["attn.out_proj.weight"].sum())
+    attention = 2 * Lq * Lk * E
+    assert report["flops"]["dense"] == 2 * (dense + Lq * E * E + attention)
+    assert report["flops"]["kept"] == 2 * (int(kept) + out_kept + attention)
+    assert report["flops"]["unprunable"] == {"attention": 2 * attention, "other": 0}
 
 
 class SDPABlock(nn.Module):
@@ -139,7 +175,6 @@ def test_scaled_dot_product_attention_and_matmuls_outside_modules_are_counted():
     L, E = 5, 16
     assert report["flops"]["unprunable"] == {
         "attention": 2 * 2 * L * L * E,
-        "attention_projections": 0,
         "other": 2 * L * E * E,
     }
     assert report["layers"]["qkv.weight"]["flops"]["dense"] == 2 * L * 3 * E * E

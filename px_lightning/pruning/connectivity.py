@@ -8,7 +8,9 @@ ResNet, 95% of SynFlow's and PX's kept weights are effective, 1.4% of SNIP's (``
 
 How: a copy of the network with every masked tensor replaced by its mask and every other weight by its
 non-zero pattern, biases and normalisation shifts 0, BatchNorm the identity, max pooling read as average
-pooling (every position of a window is connected), activations the identity. A forward pass on all-ones
+pooling (every position of a window is connected), activations the identity, and a gate (``sigmoid``,
+``hardsigmoid``: a squeeze-excitation's) ``1 + its input``: a sigmoid is never zero, so what it scales
+stays connected even where the gate's own layers are all pruned. A forward pass on all-ones
 marks each unit reached from the input (each layer's output is cut back to 0/1, so nothing overflows
 however deep the network), the backward pass marks each unit that reaches the output the same way, and a
 kept weight is effective iff its gradient is positive.
@@ -21,8 +23,10 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .copies import ActivationGates, identity_norms, plain_copy
+from .factors import GATES
 from .masks import get_masks
 from .scorers.base import model_output
 
@@ -46,6 +50,19 @@ class _Reached(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         return (grad > 0).to(grad.dtype)
+
+
+class _GatesPassThrough(TorchFunctionMode):
+    """Every gate ``sigmoid(z)`` read as ``1 + z``: positive whatever ``z`` (as a sigmoid is), so the product
+    it scales is reached through its other factor, and still carrying ``z``'s reach."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in GATES:
+            return func(*args, **kwargs)
+        x = args[0]
+        in_place = func in (torch.sigmoid_, Tensor.sigmoid_) or kwargs.get("inplace") or args[1:2] == (True,)
+        return x.add_(1) if in_place else x + 1
 
 
 def _average_pool(pool: nn.Module) -> nn.Module:
@@ -79,7 +96,9 @@ def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 continue  # the identity, loaded below
             for attr, p in module.named_parameters(recurse=False):
-                p.copy_(torch.zeros_like(p) if attr == "bias" else (p != 0).to(dtype))
+                # Biases are constants: attention's packed in_proj_bias and its learned bias_k/bias_v too.
+                constant = attr == "bias" or attr.endswith("_bias") or attr in ("bias_k", "bias_v")
+                p.copy_(torch.zeros_like(p) if constant else (p != 0).to(dtype))
         net.load_state_dict(identity, strict=False)
     return net
 
@@ -133,10 +152,13 @@ def effective_masks(
     ]
     try:
         ones = torch.ones((1, *example_input.shape[1:]), dtype=torch.float64, device=device)
-        with ActivationGates("identity"):
+        with ActivationGates("identity", exclude=GATES), _GatesPassThrough():
             out = torch.func.functional_call(net, leaves, (ones,), strict=False)
         model_output(out).sum().backward()
     finally:
         for hook in hooks:
             hook.remove()
-    return {n: masks[n].to(device).bool() & (leaves[n].grad > 0) for n in masks}
+    # A tensor the output does not depend on at all (GoogLeNet's auxiliary heads in eval()) has no gradient.
+    return {
+        n: masks[n].to(device).bool() & (leaves[n].grad is not None and leaves[n].grad > 0) for n in masks
+    }

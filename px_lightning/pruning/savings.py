@@ -3,15 +3,17 @@
 FLOPs are two per multiply-accumulate, per example, of one inference forward pass (``eval()`` mode: what a
 shipped model runs), counted from the layers' real output sizes:
 
-- a convolution or linear layer (the prunable layers, ``targets.PRUNABLE_TYPES``) does
-  ``weights * output positions`` multiply-accumulates dense and ``kept weights * output positions`` sparse
-  (its output positions: the output's elements over its output channels; a conv's dense count is thus
-  ``out_elements * in_channels / groups * kernel volume``); ``effective`` counts only the kept weights on
-  an input-to-output path (``effective_masks``);
-- unprunable work is counted apart and added to all three totals: ``nn.MultiheadAttention``'s input
-  projections and its activation-activation products (``q @ k^T`` and ``attn @ v``, ``L * S * E`` each),
-  ``F.scaled_dot_product_attention`` called outside such a module (the same two products), and matrix
-  products or linear/conv calls made outside the prunable modules (``torch.matmul``, ``@``, ``bmm``, ...).
+- a prunable tensor (``targets.prunable_parameters``: convolution and linear weights, attention's input
+  projections) does ``weights * output positions`` multiply-accumulates dense and ``kept weights * output
+  positions`` sparse, row by row (a row's output positions: the output's elements over its output
+  channels, or the tokens through it: a packed ``in_proj_weight``'s query, key and value rows see the
+  query, key and value tokens; a conv's dense count is thus ``out_elements * in_channels / groups *
+  kernel volume``); ``effective`` counts only the kept weights on an input-to-output path
+  (``effective_masks``);
+- unprunable work is counted apart and added to all three totals: attention's activation-activation
+  products (``q @ k^T`` and ``attn @ v``, ``L * S * E`` each, in ``nn.MultiheadAttention`` or
+  ``F.scaled_dot_product_attention``), and matrix products or linear/conv calls made outside the prunable
+  modules (``torch.matmul``, ``@``, ``bmm``, ...).
 
 Biases, normalisation, activations, pooling and other elementwise work are not counted (the usual
 convention: they are a few percent of a CNN's or a transformer's work and no mask changes them).
@@ -61,7 +63,7 @@ class _Counter(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.inside = 0
-        self.macs = {"attention": 0, "attention_projections": 0, "other": 0}
+        self.macs = {"attention": 0, "other": 0}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -73,8 +75,8 @@ class _Counter(TorchFunctionMode):
         return out
 
 
-def _mha_macs(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[int, int, int]:
-    """``(query tokens, input-projection MACs, attention MACs)`` of one call of ``mha`` (whole batch)."""
+def _mha_tokens(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[int, int, int, int]:
+    """``(query, key, value tokens, attention MACs)`` of one call of ``mha`` (whole batch)."""
     names = ("query", "key", "value")
     query, key, value = (args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names))
     batch_first = mha.batch_first and query.dim() == 3
@@ -82,13 +84,8 @@ def _mha_macs(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[in
     sources = key.shape[1] if batch_first else key.shape[0]
     sources += int(mha.bias_k is not None) + int(mha.add_zero_attn)
     batch = query.numel() // (length * query.shape[-1])
-    tokens = query.numel() // query.shape[-1]
-    projections = (
-        tokens * mha.embed_dim * mha.embed_dim
-        + (key.numel() // key.shape[-1]) * mha.kdim * mha.embed_dim
-        + (value.numel() // value.shape[-1]) * mha.vdim * mha.embed_dim
-    )
-    return tokens, projections, 2 * batch * length * sources * mha.embed_dim
+    tokens = [t.numel() // t.shape[-1] for t in (query, key, value)]
+    return *tokens, 2 * batch * length * sources * mha.embed_dim
 
 
 @contextmanager
@@ -107,17 +104,19 @@ def _inference_mode_of(model: nn.Module):
             module.training = training
 
 
-def _count_positions(model: nn.Module, layers: dict[str, nn.Module], example_input: Tensor) -> tuple:
-    """Each prunable layer's output positions over one forward pass of ``example_input``, and the
-    unprunable MACs by category (whole batch)."""
-    positions = dict.fromkeys(layers, 0)
+def _count_positions(model: nn.Module, targets: dict[str, tuple[nn.Module, str]], example_input: Tensor):
+    """Each prunable tensor's output positions per row (one count per output channel or row: a packed
+    attention projection's query, key and value rows see different token counts) over one forward pass of
+    ``example_input``, and the unprunable MACs by category (whole batch)."""
+    positions = {
+        name: torch.zeros(getattr(module, attr).shape[0], dtype=torch.float64)
+        for name, (module, attr) in targets.items()
+    }
+    by_tensor = {(module, attr): name for name, (module, attr) in targets.items()}
     counter = _Counter()
     handles = []
-    by_module = {module: name for name, module in layers.items()}
-    mha_out = {}
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention):
-            mha_out[module] = by_module.get(module.out_proj)  # used through F.linear, never called
+    layers = {m for m, _ in targets.values() if not isinstance(m, nn.MultiheadAttention)}
+    attentions = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
 
     def enter(module, args, kwargs=None):
         counter.inside += 1
@@ -125,23 +124,34 @@ def _count_positions(model: nn.Module, layers: dict[str, nn.Module], example_inp
     def leave_layer(module, args, out):
         counter.inside -= 1
         if isinstance(out, Tensor):
-            positions[by_module[module]] += out.numel() // module.weight.shape[0]
+            rows = module.weight.shape[0]
+            positions[by_tensor[module, "weight"]] += out.numel() // rows
 
     def leave_mha(module, args, kwargs, out):
         counter.inside -= 1
-        tokens, projections, attention = _mha_macs(module, args, kwargs)
-        counter.macs["attention_projections"] += projections
+        q_tokens, k_tokens, v_tokens, attention = _mha_tokens(module, args, kwargs)
         counter.macs["attention"] += attention
-        if mha_out[module] is not None:
-            positions[mha_out[module]] += tokens
-        else:  # an out_proj that is not a prunable tensor (excluded by the caller): unprunable work
-            counter.macs["attention_projections"] += tokens * module.out_proj.weight.numel()
+        E = module.embed_dim
+        # (tensor, its rows, the tokens through them): the packed projection has three row blocks.
+        if module.in_proj_weight is not None:
+            tokens = (q_tokens, k_tokens, v_tokens)
+            parts = [((module, "in_proj_weight"), slice(i * E, (i + 1) * E), t) for i, t in enumerate(tokens)]
+        else:
+            parts = [
+                ((module, f"{p}_proj_weight"), slice(None), t)
+                for p, t in zip("qkv", (q_tokens, k_tokens, v_tokens))
+            ]
+        parts.append(
+            ((module.out_proj, "weight"), slice(None), q_tokens)
+        )  # used through F.linear, never called
+        for tensor, rows, tokens in parts:
+            positions[by_tensor[tensor]][rows] += tokens
 
     try:
-        for module in by_module:
+        for module in layers:
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave_layer))
-        for module in mha_out:
+        for module in attentions:
             handles.append(module.register_forward_pre_hook(enter, with_kwargs=True))
             handles.append(module.register_forward_hook(leave_mha, with_kwargs=True))
         with _inference_mode_of(model), torch.no_grad(), counter:
@@ -172,7 +182,7 @@ def savings_report(model: nn.Module, example_input: Tensor, *, effective: bool |
 
         {"params": {"total", "kept", "effective"},            # every parameter of the model
          "flops": {"dense", "kept", "effective",               # totals, unprunable work included
-                   "unprunable": {"attention", "attention_projections", "other"}},
+                   "unprunable": {"attention", "other"}},
          "bytes": {"dense", "sparse",                          # the whole state (plain state_dict)
                    "prunable_dense", "prunable_sparse"},       # the prunable tensors alone
          "flops_ratio", "params_ratio", "bytes_ratio",         # kept / dense
@@ -195,9 +205,8 @@ def savings_report(model: nn.Module, example_input: Tensor, *, effective: bool |
             + ("a 0-dim tensor" if isinstance(example_input, Tensor) else type(example_input).__name__)
         )
     targets = prunable_parameters(model)
-    layers = {name: module for name, (module, _) in targets.items()}
     masks = get_masks(model)
-    weights = {name: module.weight for name, module in layers.items()}
+    weights = {name: getattr(module, attr) for name, (module, attr) in targets.items()}
     all_masks = {
         name: masks[name] if name in masks else torch.ones_like(w, dtype=torch.bool)
         for name, w in weights.items()
@@ -205,21 +214,29 @@ def savings_report(model: nn.Module, example_input: Tensor, *, effective: bool |
     if effective is None:
         effective = not unmodelled_norms(model)
     reached = effective_masks(model, example_input, all_masks) if effective else None
-    positions, unprunable = _count_positions(model, layers, example_input)
+    positions, unprunable = _count_positions(model, targets, example_input)
     batch = example_input.shape[0]
 
-    def flops(weights_count: int | None, name: str) -> int | None:
-        return None if weights_count is None else round(2 * weights_count * positions[name] / batch)
+    def flops(kept: Tensor | None, name: str) -> int | None:
+        if kept is None:
+            return None
+        per_row = kept.reshape(kept.shape[0], -1).sum(1, dtype=torch.float64)
+        return round(2 * float(per_row @ positions[name]) / batch)
 
     report_layers = {}
     for name, weight in weights.items():
         total, kept = weight.numel(), int(all_masks[name].sum())
-        eff = None if reached is None else int(reached[name].sum())
+        eff_mask = None if reached is None else reached[name].cpu()
+        eff = None if eff_mask is None else int(eff_mask.sum())
         size = weight.element_size()
         sparse = encoded_nbytes(total, kept, size) if name in masks else total * size
         report_layers[name] = {
             "params": {"total": total, "kept": kept, "effective": eff},
-            "flops": {"dense": flops(total, name), "kept": flops(kept, name), "effective": flops(eff, name)},
+            "flops": {
+                "dense": flops(torch.ones(weight.shape, dtype=torch.bool), name),
+                "kept": flops(all_masks[name].cpu(), name),
+                "effective": flops(eff_mask, name),
+            },
             "bytes": {"dense": total * size, "sparse": sparse},
         }
     other = {k: round(2 * v / batch) for k, v in unprunable.items()}

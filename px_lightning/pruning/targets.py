@@ -1,6 +1,9 @@
 """Which tensors of a model are prunable.
 
-By default: the ``.weight`` of every ``nn.Conv1d/2d/3d`` and ``nn.Linear``. Names are those of
+By default: every weight matrix of a linear map: the ``.weight`` of every ``nn.Conv1d/2d/3d`` and
+``nn.Linear``, and ``nn.MultiheadAttention``'s input projections (its packed ``in_proj_weight``, or
+``q_proj_weight`` / ``k_proj_weight`` / ``v_proj_weight`` when keys and values have their own sizes; its
+``out_proj`` is an ``nn.Linear``). Names are those of
 ``model.named_parameters()`` on the plain model (``"layer1.0.conv1.weight"``); on a model that already
 carries masks the ``.parametrizations.weight.original`` part is folded back to ``.weight``.
 
@@ -19,6 +22,43 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# nn.MultiheadAttention's input projections, packed or separate (the ones that are not None are held).
+ATTENTION_PROJECTIONS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def weight_attributes(module: nn.Module) -> tuple[str, ...]:
+    """The attributes of ``module`` holding the weight matrices of its own linear maps (not its children's):
+    ``("weight",)`` for a convolution or linear layer, the input projections of an ``nn.MultiheadAttention``,
+    ``()`` for any other module.
+
+    Example:
+        >>> weight_attributes(nn.MultiheadAttention(32, 4))
+        ('in_proj_weight',)
+    """
+    if isinstance(module, PRUNABLE_TYPES):
+        return ("weight",)
+    if isinstance(module, nn.MultiheadAttention):
+        return tuple(a for a in ATTENTION_PROJECTIONS if getattr(module, a, None) is not None)
+    return ()
+
+
+def linear_maps(model: nn.Module) -> list[tuple[str, str, str | None]]:
+    """``(layer name, weight name, bias name or None)`` of every weight matrix of ``model``'s linear maps,
+    in module order, prunable or not (``weight_attributes``); a packed bias shared by several matrices
+    (``nn.MultiheadAttention``'s ``in_proj_bias`` with separate projections) is named once, with the first.
+
+    Example:
+        >>> linear_maps(nn.Sequential(nn.Linear(4, 3, bias=False)))
+        [('0', '0.weight', None)]
+    """
+    out = []
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        bias = "in_proj_bias" if isinstance(module, nn.MultiheadAttention) else "bias"
+        for i, attr in enumerate(weight_attributes(module)):
+            has_bias = i == 0 and getattr(module, bias, None) is not None  # a shared bias: with the first
+            out.append((module_name, prefix + attr, prefix + bias if has_bias else None))
+    return out
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -98,9 +138,8 @@ def prunable_parameters(
     include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     found: dict[str, tuple[nn.Module, str]] = {}
     for module_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES):
-            name = f"{module_name}.weight" if module_name else "weight"
-            found[name] = (module, "weight")
+        for attr in weight_attributes(module):
+            found[f"{module_name}.{attr}" if module_name else attr] = (module, attr)
     names = list(found)
     # exclude is checked against every prunable tensor, not only the included ones: a pattern that names
     # a real tensor is no typo, even where include already left that tensor out.
@@ -112,7 +151,8 @@ def prunable_parameters(
         found = {n: v for n, v in found.items() if not _matches(n, exclude)}
     if not found:
         raise ValueError(
-            f"model {type(model).__name__} has no prunable tensor (the .weight of a Conv1d/2d/3d or Linear) "
+            f"model {type(model).__name__} has no prunable tensor (the .weight of a Conv1d/2d/3d or Linear, "
+            "the input projections of a MultiheadAttention) "
             "after include/exclude; check the model or the include/exclude arguments"
         )
     return found

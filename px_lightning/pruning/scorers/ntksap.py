@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..copies import plain_copy
-from ..targets import PRUNABLE_TYPES
+from ..targets import weight_attributes
 from .base import Scorer, batch_inputs, check_seed, model_output
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -49,9 +49,9 @@ def fresh_init(net: nn.Module) -> None:
     """The published re-initialisation: Kaiming-normal Conv/Linear weights, norm affine weight 1, bias 0."""
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, PRUNABLE_TYPES):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, _NORMS):
+            for attr in weight_attributes(m):  # attention's input projections are linear maps too
+                nn.init.kaiming_normal_(getattr(m, attr))
+            if not weight_attributes(m) and isinstance(m, _NORMS):
                 if getattr(m, "weight", None) is not None:
                     nn.init.ones_(m.weight)
                 if getattr(m, "bias", None) is not None:

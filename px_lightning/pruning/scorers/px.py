@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..copies import ActivationGates, has_batchnorm, plain_copy, set_modes
 from ..factors import GATES, FrozenFactors, sample_sums
-from ..targets import PRUNABLE_TYPES
+from ..targets import PRUNABLE_TYPES, linear_maps
 from ..zero_init import at_default_init
 from .base import Scorer, batch_inputs, model_output
 
@@ -263,10 +263,10 @@ class PXScorer(Scorer):
         """
         # A tensor zero by construction (a ViT's head) is scored as if at its default init (zero_init.py).
         weights = at_default_init(weights, masks)
-        net, layers = self._masked_copy(model, weights, masks)
+        net = self._masked_copy(model, weights, masks)
         if self.variant == "cvpr2024":
-            return self._gradients_cvpr2024(net, layers, weights, batches)
-        return self._gradients_2025(net, layers, weights, masks, batches)
+            return self._gradients_cvpr2024(net, weights, batches)
+        return self._gradients_2025(net, linear_maps(net), weights, masks, batches)
 
     def scores_from_sums(self, sums, weights, masks) -> dict[str, Tensor]:
         """The scores from ``gradient_sums`` (summed over every batch): ``|sum| * |w|^5`` (cvpr2024) or
@@ -285,23 +285,25 @@ class PXScorer(Scorer):
     # --- shared -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _masked_copy(model, weights, masks) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
+    def _masked_copy(model, weights, masks) -> nn.Module:
         """A plain copy of ``model`` with the masked weights written into its own tensors (no second
-        full-size copy), and its prunable layers."""
+        full-size copy)."""
         net = plain_copy(model)
         with torch.no_grad():
             for n in weights:
                 torch.mul(weights[n], masks[n], out=net.get_parameter(n).detach())
-        return net, [(n, m) for n, m in net.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+        return net
 
     # --- cvpr2024 ---------------------------------------------------------------------------------------
 
-    def _gradients_cvpr2024(self, net, layers, weights, batches) -> dict[str, Tensor]:
+    def _gradients_cvpr2024(self, net, weights, batches) -> dict[str, Tensor]:
         set_modes(net, norm_train=True)
         # Only the squared pruned tensors are differentiated: the copy's own parameters (normalisation
         # affine parameters among them) need no gradient, which spares the backward their reductions.
         net.requires_grad_(False)
-        real = {f"{n}.{a}": p.detach() for n, m in layers for a, p in m.named_parameters(recurse=False)}
+        # Every weight matrix and bias of a linear map is squared in the kernel copy, the head's too.
+        names = [t for _, w, b in linear_maps(net) for t in (w, b) if t is not None]
+        real = {t: net.get_parameter(t).detach() for t in names}
         ref = real[next(iter(weights))]
         squared = {k: v.square() for k, v in real.items()}
         leaves = {n: squared[n].requires_grad_(True) for n in weights}
@@ -344,8 +346,8 @@ class PXScorer(Scorer):
                 stacklevel=6,
             )
         ref = next(iter(weights.values()))
-        real = {f"{n}.weight": m.weight.detach() for n, m in layers}
-        biases = {f"{n}.bias": m.bias.detach() for n, m in layers if getattr(m, "bias", None) is not None}
+        real = {w: net.get_parameter(w).detach() for _, w, _ in layers}
+        biases = {b: net.get_parameter(b).detach() for _, _, b in layers if b is not None}
         buffers = dict(net.named_buffers())
         if self.bn_warmup:
             buffers = _warm_up_statistics(net, real, buffers, batches, ref)
@@ -366,9 +368,8 @@ class PXScorer(Scorer):
         mean sample, for the kernel copy."""
         ref = next(iter(real.values()))
         data_path = {}
-        for n, _ in layers:
-            w, b = f"{n}.weight", f"{n}.bias"
-            if n == real_head:
+        for layer, w, b in layers:
+            if layer == real_head:
                 data_path[w] = real[w]
                 continue
             data_path[w] = masks[w].to(ref.dtype) if w in masks else torch.ones_like(real[w])
@@ -413,14 +414,13 @@ class PXScorer(Scorer):
         graph (a factor 1 or 0)."""
         leaves, kernel = {}, {}
         with torch.no_grad():
-            for n, _ in layers:
-                w, b = f"{n}.weight", f"{n}.bias"
-                value = real[w] if n == real_head else self._power(real[w])
+            for layer, w, b in layers:
+                value = real[w] if layer == real_head else self._power(real[w])
                 if w in masks:
                     leaves[w] = value.requires_grad_(True)
                 kernel[w] = value
                 if b in biases:
-                    kernel[b] = biases[b] if n == real_head else self._power(biases[b].clone())
+                    kernel[b] = biases[b] if layer == real_head else self._power(biases[b].clone())
         return kernel, leaves
 
     def _kernel_product(self, net, kernel, buffers, z1_sums, factors, ref) -> Tensor:

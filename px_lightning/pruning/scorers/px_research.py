@@ -122,25 +122,24 @@ class PXResearchScorer(PXScorer):
             return kernel, leaves
         # Outside no_grad: the leaves stay the squared weights, so score = w^2 * d(z1.z2)/d(w^2) is the path
         # value through w in the rescaled kernel network.
-        for n, scale in _mean_squares(layers, weights, kernel, real_head).items():
-            kernel[f"{n}.weight"] = kernel[f"{n}.weight"] / scale
-            if f"{n}.bias" in kernel:
-                kernel[f"{n}.bias"] = kernel[f"{n}.bias"] / scale
+        for (w, b), scale in _mean_squares(layers, weights, kernel, real_head).items():
+            kernel[w] = kernel[w] / scale
+            if b in kernel:
+                kernel[b] = kernel[b] / scale
         return kernel, leaves
 
 
-def _mean_squares(layers, weights: dict, kernel: dict, real_head: str | None) -> dict[str, Tensor]:
+def _mean_squares(layers, weights: dict, kernel: dict, real_head: str | None) -> dict[tuple, Tensor]:
     """``kernel_scale="mean_square"``: each squared path layer's mean squared weight over the whole tensor,
     unmasked (``weights`` holds the unmasked pruned tensors; ``kernel`` the others, already squared)."""
     out = {}
     with torch.no_grad():
-        for n, _ in layers:
-            if n == real_head:
+        for layer, w, b in layers:
+            if layer == real_head:
                 continue  # the published head keeps its real weights: it is not a squared layer
-            w = f"{n}.weight"
             scale = weights[w].double().pow(2).mean() if w in weights else kernel[w].double().mean()
             if scale > 0:  # an all-zero layer carries no path: leave it as it is
-                out[n] = scale.to(kernel[w].dtype)
+                out[w, b] = scale.to(kernel[w].dtype)
     return out
 
 
