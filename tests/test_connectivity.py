@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from helpers import mlp
 from torch import nn
@@ -190,9 +191,6 @@ def test_bad_input_is_named():
     no_stats = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(3, 1))
     with pytest.raises(ValueError, match="effective_masks needs BatchNorm running statistics, but '1' has"):
         effective_masks(no_stats, torch.zeros(1, 2), masks)
-    layer_norm = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1))
-    with pytest.warns(UserWarning, match="LayerNorm '1' is not made the identity"):
-        effective_masks(layer_norm, torch.zeros(1, 2), masks)
     assert get_masks(model) == {}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning on BatchNorm networks
@@ -201,13 +199,99 @@ def test_bad_input_is_named():
         )
 
 
-def test_the_callback_reports_effective_counts_only_where_they_are_exact():
+def test_the_callback_reports_effective_counts_where_it_has_a_float_input():
     from px_lightning.callbacks.foresight import _effective_input
 
     x = torch.zeros(1, 2)
-    plain = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1))
-    assert _effective_input(plain, x) is x
-    assert _effective_input(plain, None) is None  # masks restored, not scored: no scoring input
-    assert _effective_input(plain, torch.zeros(1, 2, dtype=torch.long)) is None  # token inputs
-    for norm in (nn.LayerNorm(3), nn.GroupNorm(1, 3), nn.InstanceNorm1d(3)):
-        assert _effective_input(nn.Sequential(nn.Linear(2, 3), norm, nn.Linear(3, 1)), x) is None
+    assert _effective_input(x) is x
+    assert _effective_input(None) is None  # masks restored, not scored: no scoring input
+    assert _effective_input(torch.zeros(1, 2, dtype=torch.long)) is None  # token inputs
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [nn.LayerNorm(4), nn.RMSNorm(4), nn.GroupNorm(2, 4), nn.InstanceNorm1d(4)],
+    ids=["LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm"],
+)
+def test_a_normalisation_connects_every_unit_of_its_group(norm):
+    """A normalisation subtracts its group's mean (or divides by its spread): each output depends on every
+    unit of its group. One kept weight feeds channel 0; the output layer reads one unit after the norm."""
+    if isinstance(norm, (nn.LayerNorm, nn.RMSNorm)):  # one group: the 4 features
+        net = nn.Sequential(nn.Linear(2, 4), norm, nn.Linear(4, 1))
+        x, unit = torch.zeros(1, 2), {0: 0, 1: 1, 2: 2}  # channel -> the read feature
+        groups = [{0, 1, 2, 3}]
+    else:  # (N, 4 channels, 3 positions); GroupNorm(2, 4): channels {0, 1} and {2, 3}; InstanceNorm: each
+        net = nn.Sequential(nn.Unflatten(1, (2, 3)), nn.Conv1d(2, 4, 1), norm, nn.Flatten(), nn.Linear(12, 1))
+        x, unit = torch.zeros(1, 6), {0: 1, 1: 4, 2: 7}  # channel c at position 1 is feature 3c + 1
+        groups = [{0, 1}, {2, 3}] if isinstance(norm, nn.GroupNorm) else [{0}, {1}, {2}, {3}]
+    feed, read = (n for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    for channel, feature in unit.items():
+        feed_mask = torch.zeros_like(net.get_parameter(feed), dtype=torch.bool)
+        feed_mask.view(4, -1)[0, 0] = True  # input 0 -> channel 0
+        read_mask = torch.zeros_like(net.get_parameter(read), dtype=torch.bool)
+        read_mask[0, feature] = True
+        effective = effective_masks(net, x, {feed: feed_mask, read: read_mask})
+        connected = any({0, channel} <= g for g in groups)
+        assert bool(effective[feed].any()) is connected, (channel, effective)
+        assert bool(effective[read].any()) is connected, (channel, effective)
+
+
+def test_a_normalisation_weight_of_zero_cuts_its_unit():
+    """LayerNorm's weight 0 on a unit: that output is a constant (its shift), so what reads it is cut."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1))
+    with torch.no_grad():
+        net[1].weight[2] = 0.0
+    masks = {"0.weight": torch.ones(3, 2, dtype=torch.bool), "2.weight": torch.ones(1, 3, dtype=torch.bool)}
+    effective = effective_masks(net, torch.zeros(1, 2), masks)
+    assert effective["0.weight"].all()
+    assert effective["2.weight"].tolist() == [[True, True, False]]
+
+
+@pytest.mark.parametrize("name", ["vit", "convnext_style", "swin"])
+def test_every_weight_of_a_dense_transformer_or_convnext_is_effective(name):
+    """LayerNorm on the all-ones input used to give zeros (every weight after it cut off), and the query and
+    key projections, which act only through the attention probabilities, had no gradient through a softmax
+    of equal scores: read as reach, every weight of the dense network is on a path, and random masks at 5%
+    leave most kept weights connected."""
+    from helpers import MODERN_NETWORKS
+
+    torch.manual_seed(0)
+    model = MODERN_NETWORKS[name]()
+    x = torch.zeros(1, 3, 32, 32)
+    masks = find_masks(model, "random", [(x, torch.tensor([0]))], density=0.05, seed=0)
+    dense = {n: torch.ones_like(m) for n, m in masks.items()}
+    assert all(bool(m.all()) for m in effective_masks(model, x, dense).values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    effective = sum(int(m.sum()) for m in effective_masks(model, x, masks).values())
+    assert effective / kept > 0.75, effective / kept
+
+
+@pytest.mark.parametrize("written", ["module", "sdpa"])
+def test_query_and_key_weights_are_on_a_path_through_the_attention_probabilities(written):
+    """Only the query and key projections kept (values dense): their weights reach the output through the
+    probabilities, in nn.MultiheadAttention (written out) and in F.scaled_dot_product_attention."""
+
+    class SDPA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x))
+
+    attention = nn.MultiheadAttention(4, 2, batch_first=True) if written == "module" else SDPA()
+    net = nn.Sequential(attention) if written == "sdpa" else _First(attention)
+    x = torch.zeros(1, 3, 4)
+    names = ["0.in_proj_weight"] if written == "module" else ["0.q.weight", "0.k.weight"]
+    masks = {n: torch.ones_like(net.get_parameter(n), dtype=torch.bool) for n in names}
+    effective = effective_masks(net, x, masks)
+    assert all(bool(m.all()) for m in effective.values())
+
+
+class _First(nn.Module):
+    def __init__(self, attention: nn.MultiheadAttention):
+        super().__init__()
+        self.add_module("0", attention)
+
+    def forward(self, x):
+        return self.get_submodule("0")(x, x, x)[0]

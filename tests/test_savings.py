@@ -95,7 +95,8 @@ def test_tiny_vit_flops_count_attention_apart_and_in_the_totals():
     model = tiny_vit()
     apply_masks(model, find_masks(model, "random", density=0.25, seed=1))
     masks = get_masks(model)
-    report = savings_report(model, torch.randn(3, 3, 32, 32))
+    x = torch.randn(3, 3, 32, 32)
+    report = savings_report(model, x)
     E, mlp, L, layers = 32, 64, (32 // 8) ** 2 + 1, 2  # 16 patches + the class token
     kept = {name: int(mask.sum()) for name, mask in masks.items()}.__getitem__
     prunable_dense = 2 * (E * 3 * 8 * 8 * 16 + layers * L * (3 * E * E + E * E + 2 * E * mlp) + E * 10)
@@ -114,9 +115,19 @@ def test_tiny_vit_flops_count_attention_apart_and_in_the_totals():
     assert report["flops"]["unprunable"] == {"attention": attention, "other": 0}
     assert report["flops"]["dense"] == prunable_dense + attention
     assert report["flops"]["kept"] == prunable_kept + attention
-    # LayerNorm is outside what effective_masks models: effective is not counted by default.
-    assert report["flops"]["effective"] is None and report["params"]["effective"] is None
-    assert "effective" not in format_savings(report) and "FLOPs/example" in format_savings(report)
+    # Effective FLOPs: the same count over the kept weights on an input-output path (LayerNorm and the
+    # attention probabilities read as reach by effective_masks), most of them at density 0.25.
+    reached = {name: int(mask.sum()) for name, mask in effective_masks(model, x).items()}.__getitem__
+    effective_kept = 2 * reached("conv_proj.weight") * 16 + 2 * reached("heads.head.weight")
+    for i in range(layers):
+        for name in names:
+            effective_kept += 2 * reached(f"encoder.layers.encoder_layer_{i}.{name}") * L
+    assert report["flops"]["effective"] == effective_kept + attention
+    assert 0.9 * report["flops"]["kept"] < report["flops"]["effective"] <= report["flops"]["kept"]
+    assert "effective" in format_savings(report) and "FLOPs/example" in format_savings(report)
+    without = savings_report(model, x, effective=False)
+    assert without["flops"]["effective"] is None and without["params"]["effective"] is None
+    assert "effective" not in format_savings(without)
 
 
 class CrossAttention(nn.Module):

@@ -50,7 +50,6 @@ from ..pruning import (
     savings_report,
     sparsity_report,
 )
-from ..pruning.connectivity import unmodelled_norms
 from ..pruning.masks import WeightMask
 from ..pruning.scorers import Scorer, get_scorer
 from ..pruning.targets import as_patterns
@@ -363,7 +362,7 @@ class ForesightPruningCallback(Callback):
                 match_dense_optimizer_states(trainer.optimizers, pl_module, self._names, dense, where)
         zero_pruned(pl_module, self._names)
         example, self._example = self._example, None
-        self.report = sparsity_report(pl_module, _effective_input(pl_module, example))
+        self.report = sparsity_report(pl_module, _effective_input(example))
         # What the masks save needs an input: known when this fit scored (not on resume or at density 1).
         self.savings = (
             None if example is None else savings_report(pl_module, example.to(self._device(pl_module)))
@@ -575,8 +574,8 @@ def _advance(bar, done: int, total: int) -> None:
     bar.update(done - bar.n)
 
 
-def _effective_input(module: nn.Module, example: Tensor | None) -> Tensor | None:
-    """The input for ``sparsity_report``'s effective counts, or None where they would not be exact."""
+def _effective_input(example: Tensor | None) -> Tensor | None:
+    """The input for ``sparsity_report``'s effective counts, or None where there is none to use."""
     if example is None or not example.is_floating_point():
         return None  # not scored here (restored masks, density 1, no scoring data), or token inputs
-    return None if unmodelled_norms(module) else example
+    return example

@@ -10,7 +10,15 @@ How: a copy of the network with every masked tensor replaced by its mask and eve
 non-zero pattern, biases and normalisation shifts 0, BatchNorm the identity, max pooling read as average
 pooling (every position of a window is connected), activations the identity, and a gate (``sigmoid``,
 ``hardsigmoid``: a squeeze-excitation's) ``1 + its input``: a sigmoid is never zero, so what it scales
-stays connected even where the gate's own layers are all pruned. A forward pass on all-ones
+stays connected even where the gate's own layers are all pruned. A normalisation over its own input
+(LayerNorm, LayerNorm2d, GroupNorm, InstanceNorm, RMSNorm) subtracts its group's mean or divides by its
+spread, so each of its outputs depends on every unit of its group: it is read as the group's sum times the
+weight's non-zero pattern (an output is reached if any unit of its group is, and a unit reaches the output
+if any output of its group with a non-zero weight does). Attention probabilities are never zero and each
+depends on every score of its row: a query's output is reached if a value it reads or a score of its row
+is (``nn.MultiheadAttention`` is written out to see its attention, where ``attention.restatable``; an
+explicit ``softmax`` followed by a product with the values only passes the scores' reach on through values
+that are themselves reached). A forward pass on all-ones
 marks each unit reached from the input (each layer's output is cut back to 0/1, so nothing overflows
 however deep the network), the backward pass marks each unit that reaches the output the same way, and a
 kept weight is effective iff its gradient is positive.
@@ -18,13 +26,15 @@ kept weight is effective iff its gradient is positive.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
+from inspect import signature
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from . import attention
 from .copies import ActivationGates, identity_norms, plain_copy
 from .factors import GATES
 from .masks import get_masks
@@ -71,11 +81,77 @@ def _average_pool(pool: nn.Module) -> nn.Module:
     return _MAX_TO_AVG[type(pool)](pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
 
 
-def unmodelled_norms(model: nn.Module) -> list[str]:
-    """Normalisation layers ``effective_masks`` cannot make the identity (it does so for BatchNorm): they
-    subtract a mean, so a unit's 0/1 reach no longer says whether the input reaches it."""
-    other = (nn.modules.instancenorm._InstanceNorm, nn.LayerNorm, nn.GroupNorm)
-    return [name for name, m in model.named_modules() if isinstance(m, other)]
+def _group_sum(func, args: tuple, kwargs: dict) -> Tensor:
+    """A normalisation's output read as its group's sum times the weight's 0/1 pattern (no shift)."""
+    bound = signature(func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    x, weight = bound.arguments["input"], bound.arguments.get("weight")
+    if func in (F.layer_norm, F.rms_norm):
+        dims = tuple(range(x.dim() - len(bound.arguments["normalized_shape"]), x.dim()))
+        out = x.sum(dims, keepdim=True).expand_as(x)
+        return out if weight is None else out * weight
+    if func is F.group_norm:
+        groups = bound.arguments["num_groups"]
+        out = x.reshape(x.shape[0], groups, -1).sum(-1, keepdim=True)
+        out = out.expand(x.shape[0], groups, x[0].numel() // groups).reshape(x.shape)
+    elif bound.arguments["use_input_stats"]:  # instance_norm over each sample's channel
+        out = x.sum(tuple(range(2, x.dim())), keepdim=True).expand_as(x)
+    else:  # instance_norm with running statistics: a per-channel scale, as eval-mode BatchNorm
+        out = x
+    return out if weight is None else out * weight.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _reach_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention on 0/1 reach: each query's probabilities depend on every score of its row (they are never
+    zero, as a gate's), so its output is reached if a value it reads or a score of its row is."""
+    allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=q.dtype, device=q.device)
+    if mask is not None:
+        allowed = (mask > float("-inf")).to(q.dtype).expand(*q.shape[:-2], *allowed.shape)
+    if k.shape[-3] != q.shape[-3]:  # grouped-query attention: each key head serves several query heads
+        repeat = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(repeat, dim=-3), v.repeat_interleave(repeat, dim=-3)
+    row = (allowed * _Reached.apply(q @ k.transpose(-2, -1))).sum(-1, keepdim=True)
+    return _Reached.apply((allowed * (1 + row)) @ v + allowed.sum(-1, keepdim=True) * row)
+
+
+class _MixingAsReach(TorchFunctionMode):
+    """Every operation that mixes units through input-dependent statistics or probabilities, on 0/1 reach:
+    normalisations (``_group_sum``), attention (``_reach_attention``; ``nn.MultiheadAttention`` written
+    out by ``attention.written_out`` where it can be) and an explicit ``softmax`` (each probability
+    ``1 + its row's reach``, never zero)."""
+
+    _NORMS = (F.layer_norm, F.rms_norm, F.group_norm, F.instance_norm)
+    _SOFTMAX = (F.softmax, torch.softmax, Tensor.softmax)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._NORMS:
+            return _Reached.apply(_group_sum(func, args, kwargs))
+        if func in self._SOFTMAX:
+            x = args[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
+            dim = -1 if dim is None else dim
+            allowed = (x > float("-inf")).to(x.dtype)
+            return allowed * (1 + (allowed * _Reached.apply(x)).sum(dim, keepdim=True))
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            if mask is not None and mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                    ~mask, float("-inf")
+                )
+            if kwargs.get("is_causal", args[5] if len(args) > 5 else False):
+                causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+                mask = torch.zeros(causal.shape, dtype=q.dtype, device=q.device).masked_fill(
+                    ~causal, float("-inf")
+                )
+            return _reach_attention(q, k, v, mask)
+        if func is F.multi_head_attention_forward:
+            arguments = attention.bind(args, kwargs)
+            if attention.restatable(arguments):
+                out, _ = attention.written_out(arguments, _reach_attention)
+                return _Reached.apply(out), None
+        return func(*args, **kwargs)
 
 
 def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -85,12 +161,6 @@ def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
             parent, _, attr = name.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, attr, _average_pool(module))
     identity = identity_norms(net, "effective_masks", "")  # BatchNorm statistics and affine parameters
-    for name in unmodelled_norms(net):
-        warnings.warn(
-            f"effective_masks: {type(net.get_submodule(name)).__name__} {name!r} is not made the identity "
-            "(only BatchNorm is), so units after it count as reached whatever the weights before it",
-            stacklevel=3,
-        )
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -152,7 +222,7 @@ def effective_masks(
     ]
     try:
         ones = torch.ones((1, *example_input.shape[1:]), dtype=torch.float64, device=device)
-        with ActivationGates("identity", exclude=GATES), _GatesPassThrough():
+        with ActivationGates("identity", exclude=GATES), _GatesPassThrough(), _MixingAsReach():
             out = torch.func.functional_call(net, leaves, (ones,), strict=False)
         model_output(out).sum().backward()
     finally:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .connectivity import effective_masks, unmodelled_norms
+from .connectivity import effective_masks
 from .masks import get_masks
 from .sparse_io import encoded_nbytes
 from .targets import prunable_parameters
@@ -166,16 +166,14 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else 1.0
 
 
-def savings_report(model: nn.Module, example_input: Tensor, *, effective: bool | None = None) -> dict:
+def savings_report(model: nn.Module, example_input: Tensor, *, effective: bool = True) -> dict:
     """Parameters, FLOPs and bytes of the masked ``model``: dense against kept and effective.
 
     ``example_input``: a batch of the model's inputs (its first dimension the batch); one forward pass of
     it in ``eval()`` mode, under ``no_grad``, measures every layer's output size (the model is left as it
     was: modes, weights, buffers). FLOPs are per example (the module docstring says what is counted).
-    ``effective``: whether to count the weights on an input-output path (``effective_masks``); by default
-    yes unless the model holds a normalisation ``effective_masks`` cannot model (LayerNorm, GroupNorm,
-    InstanceNorm: a ViT's all-ones tokens come out of LayerNorm as zeros, so every weight would read as
-    cut off). Where not counted, every ``effective`` entry is ``None``. A model without masks is reported
+    ``effective``: whether to count the weights on an input-output path (``effective_masks``: one more
+    forward-backward of a copy); where not counted, every ``effective`` entry is ``None``. A model without masks is reported
     dense (kept = dense; effective still counts only the weights on an input-output path).
 
     Returns::
@@ -211,8 +209,8 @@ def savings_report(model: nn.Module, example_input: Tensor, *, effective: bool |
         name: masks[name] if name in masks else torch.ones_like(w, dtype=torch.bool)
         for name, w in weights.items()
     }
-    if effective is None:
-        effective = not unmodelled_norms(model)
+    if not isinstance(effective, bool):
+        raise TypeError(f"effective must be True or False, got {effective!r}")
     reached = effective_masks(model, example_input, all_masks) if effective else None
     positions, unprunable = _count_positions(model, targets, example_input)
     batch = example_input.shape[0]
