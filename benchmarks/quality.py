@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ConvNeXt, VisionTransformer
+from torchvision.models.convnext import CNBlockConfig
 
 from px_lightning.models.cifar_resnet import CifarResNet
 from px_lightning.models.small_cnn import SmallCNN
@@ -53,6 +55,9 @@ from px_lightning.pruning.scorers import SCORERS, Scorer, get_scorer
 from px_lightning.pruning.scorers.px_research import PXResearchScorer
 
 HERE = Path(__file__).resolve().parent
+MODELS = ("cnn", "resnet", "vit", "convnext")
+# The transformer and the ConvNeXt train with AdamW (SGD at lr 0.1 does not train them); --lr is SGD's.
+ADAMW = {"vit": 1e-3, "convnext": 1e-3}
 DENSITIES = (0.05, 0.02, 0.01, 0.005)
 SEEDS = (0, 1, 2)  # the table marks cells averaged over another number of seeds with "n=K"
 OUT = HERE / "quality_results.jsonl"
@@ -152,6 +157,7 @@ METHODS: dict[str, tuple[str | None, dict]] = {
 # each mask, the lowest-scored weights instead of the highest, the kept weights re-initialised by a
 # permutation of the layer's initial weights).
 METHODS["px_cvpr2024_r100"] = ("px", {"variant": "cvpr2024"})
+METHODS["px_cvpr2024"] = ("px", {"variant": "cvpr2024"})  # the default PX, at --rounds (issue 14's table)
 METHODS["px_2025eval_r100"] = ("px", {"variant": "2025-eval"})
 for _check in ("reshuffle", "invert", "reinit"):
     METHODS[f"px_cvpr2024_{_check}_r100"] = ("px", {"variant": "cvpr2024", "sanity": _check})
@@ -168,13 +174,22 @@ def make_scorer(method: str, options: dict) -> Scorer:
 
 
 def build_model(name: str) -> nn.Module:
+    if (
+        name == "vit"
+    ):  # issue 14: patches of 2 on the 16x16 digits (64 tokens + class token), 4 blocks, width 64
+        return VisionTransformer(
+            image_size=16, patch_size=2, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10
+        )
+    if name == "convnext":  # ConvNeXt blocks (LayerNorm, layer scale 1e-6 as published): 4x4 -> 2x2 -> 1x1
+        blocks = [CNBlockConfig(32, 64, 2), CNBlockConfig(64, 128, 2), CNBlockConfig(128, None, 2)]
+        return ConvNeXt(blocks, num_classes=10)
     if name == "cnn":
         return SmallCNN(
             10
         )  # the quickstart CNN: 94k prunable weights (head 1.4%), BatchNorm after every conv
     if name == "resnet":
         return CifarResNet(depth=8, width=12)  # ResNet-8, width 12: 44k prunable weights (head 1.1%)
-    raise ValueError(f"unknown model {name!r}: use 'cnn' or 'resnet'")
+    raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
 
 
 def digits(
@@ -225,9 +240,12 @@ def hybrid_masks(model: nn.Module, select: tuple, allocate: tuple, batches, dens
     return sel_masks
 
 
-def train(model: nn.Module, x, y, steps: int, batch: int, lr: float, seed: int) -> None:
+def train(model: nn.Module, x, y, steps: int, batch: int, lr: float, seed: int, adamw: bool = False) -> None:
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if adamw:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
     order = torch.randperm(len(y), generator=g)
@@ -310,7 +328,10 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
         record["collapsed"] = [n for n, v in report["layers"].items() if v["collapsed"]]
     record["prune_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    train(model, x_train, y_train, args.steps, args.batch, args.lr, seed)
+    adamw = model_name in ADAMW
+    record["optimizer"] = "adamw" if adamw else "sgd"
+    lr = ADAMW[model_name] if adamw else args.lr
+    train(model, x_train, y_train, args.steps, args.batch, lr, seed, adamw)
     record["train_s"] = time.perf_counter() - start
     record["accuracy"] = accuracy(model, x_test, y_test)
     return record
@@ -400,7 +421,7 @@ def report(records: list[dict], plot: Path | None, steps: int = DEFAULT_STEPS) -
     gain over its ``DEFAULT_STEPS``-step runs (same seed: same masks, only the training differs)."""
     everything, records = records, [r for r in records if _steps(r) == steps]
     lines = []
-    models = [m for m in ("cnn", "resnet") if any(r["model"] == m for r in records)]
+    models = [m for m in MODELS if any(r["model"] == m for r in records)]
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     densities = sorted({r["density"] for r in records if r["method"] != "dense"}, reverse=True)
     summary: dict = {}
