@@ -108,13 +108,18 @@ def run_cell(name: str, method: str, side: int) -> dict:
     row["seconds"] = time.perf_counter() - start
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    effective = effective_masks(model, batches[0][0], masks)
     row.update(
         density=kept / total,
         collapsed=[n for n, m in masks.items() if not m.any()],
-        effective_density=sum(int(m.sum()) for m in effective.values()) / total,
         untouched=all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()),
     )
+    try:
+        effective = effective_masks(model, batches[0][0], masks)
+    except Exception as err:  # noqa: BLE001 - recorded: a failure of effective_masks is a finding too
+        row["error"] = f"effective_masks: {type(err).__name__}: {err}"[:300]
+        row["trace"] = traceback.format_exc(limit=-2)[-600:]
+        return row
+    row["effective_density"] = sum(int(m.sum()) for m in effective.values()) / total
     return row
 
 

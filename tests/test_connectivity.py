@@ -295,3 +295,14 @@ class _First(nn.Module):
 
     def forward(self, x):
         return self.get_submodule("0")(x, x, x)[0]
+
+
+def test_a_module_with_its_own_state_dict_loader_is_examined():
+    """torchvision's MNASNet refuses load_state_dict without version metadata; the copy's BatchNorm
+    identity is written tensor by tensor, so effective_masks runs on it."""
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=10)
+    x = torch.zeros(1, 3, 32, 32)
+    dense = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if p.dim() > 1}
+    effective = effective_masks(model, x, dense)
+    assert set(effective) == set(dense) and all(bool(m.any()) for m in effective.values())

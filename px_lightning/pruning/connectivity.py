@@ -169,7 +169,11 @@ def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
                 # Biases are constants: attention's packed in_proj_bias and its learned bias_k/bias_v too.
                 constant = attr == "bias" or attr.endswith("_bias") or attr in ("bias_k", "bias_v")
                 p.copy_(torch.zeros_like(p) if constant else (p != 0).to(dtype))
-        net.load_state_dict(identity, strict=False)
+        # Copied tensor by tensor: load_state_dict would run modules' own loaders, which some refuse
+        # without the checkpoint's version metadata (torchvision's MNASNet).
+        state = net.state_dict(keep_vars=True)
+        for name, value in identity.items():
+            state[name].copy_(value)
     return net
 
 

@@ -21,7 +21,9 @@ kernel copy, which runs on one all-ones sample); ``norms=False`` leaves normalis
 statistics (the cvpr2024 variant normalises every copy on its own input, as its BatchNorm does), and
 ``gates=False`` leaves gates to ``copies.ActivationGates`` (cvpr2024 reads every activation, gates too,
 as a ReLU in its data path and as the identity in its kernel copy, as published for ReLU networks).
-``nn.MultiheadAttention`` runs as one fused call that hides its probabilities: it is left as it is.
+``nn.MultiheadAttention`` ends in one fused call that hides its probabilities: it is written out
+(``attention.written_out``) so that they are frozen too, except for the calls it cannot restate (learned
+``bias_k`` / ``bias_v``, ``add_zero_attn``, static keys or values), which run as they are.
 
 Replaying also gives train-mode BatchNorm on one value per channel (a squeeze-excitation layer of a
 kernel copy that runs on a single all-ones sample) its limit, the layer's shift, where PyTorch refuses it.
@@ -41,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
+
+from . import attention
 
 # The gate functions of squeeze-excitation layers. They are not read as activations (ReLU gates) by PX.
 GATES = frozenset({torch.sigmoid, torch.sigmoid_, F.sigmoid, Tensor.sigmoid, Tensor.sigmoid_, F.hardsigmoid})
@@ -145,8 +149,17 @@ class FrozenFactors(TorchFunctionMode):
         self.index += 1
         return value
 
+    def _attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention inside a written-out ``nn.MultiheadAttention``, its probabilities recorded or replayed."""
+        return self.__torch_function__(F.scaled_dot_product_attention, (), (q, k, v), {"attn_mask": mask})
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward:
+            arguments = attention.bind(args, kwargs)
+            if attention.restatable(arguments):
+                return attention.written_out(arguments, self._attention)
+            return func(*args, **kwargs)
         if func is F.batch_norm and self.action == "replay":
             x = args[0]
             training = args[5] if len(args) > 5 else kwargs.get("training", False)
