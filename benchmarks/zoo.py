@@ -78,12 +78,13 @@ def zoo_names() -> list[str]:
 
 
 def smallest_side(model: torch.nn.Module) -> int:
-    """The smallest side in ``SIDES`` at which a forward pass of 2 images runs (eval mode, no gradient)."""
-    model.eval()
+    """The smallest side in ``SIDES`` at which a forward pass of 2 images runs in ``eval()`` and in
+    ``train()`` mode (no gradient): Inception-v3's auxiliary head, which runs in training only, needs more."""
     for side in SIDES:
         try:
             with torch.no_grad():
-                model(torch.randn(2, 3, side, side))
+                for training in (False, True):
+                    model.train(training)(torch.randn(2, 3, side, side))
             return side
         except (RuntimeError, ValueError, AssertionError, IndexError):
             continue

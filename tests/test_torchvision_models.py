@@ -72,3 +72,30 @@ def test_find_masks_leaves_caller_model_unchanged(name):
         assert set(masks) == set(prunable_parameters(model))
         kept = sum(int(m.sum()) for m in masks.values())
         assert abs(kept - 0.1 * total) <= 1, method
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("snip", {}),
+        ("grasp", {}),
+        ("synflow", {}),
+        ("ntksap", {"seed": 0}),
+        ("px", {"variant": "2025-eval"}),
+        ("px", {}),
+    ],
+    ids=["snip", "grasp", "synflow", "ntksap", "px-2025-eval", "px"],
+)
+def test_googlenet_auxiliary_heads_score_zero_and_do_not_break_scoring(method, options):
+    """GoogLeNet's auxiliary heads run in train() mode only and are not part of the prediction: a scorer
+    finds no gradient for them (scored 0, not an error), and PX's copies run one graph whatever their
+    BatchNorm mode (its gates are replayed call by call)."""
+    torch.manual_seed(0)
+    model = torchvision.models.googlenet(weights=None, num_classes=10, init_weights=False)
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 7]))]
+    with unchanged(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the auxiliary heads collapse: warned
+        masks = find_masks(model, method, batches, density=0.05, rounds=2, **options)
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == pytest.approx(0.05 * sum(m.numel() for m in masks.values()), abs=2)
+    assert not any(bool(m.any()) for n, m in masks.items() if n.startswith("aux"))

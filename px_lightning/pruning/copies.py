@@ -158,13 +158,17 @@ def without_randomness(net: nn.Module) -> nn.Module:
 
 
 def set_modes(net: nn.Module, norm_train: bool) -> nn.Module:
-    """``net`` in ``train()`` mode with its normalisation layers in ``train(norm_train)``, dropout and
-    stochastic depth off (scores are deterministic). Returns ``net``.
+    """``net``'s normalisation layers in ``train(norm_train)``, every other module in ``eval()`` mode, and
+    dropout and stochastic depth off (scores are deterministic). Returns ``net``.
+
+    Only normalisation layers change with a scorer's copy: every other module computes as in ``eval()``, so
+    that all copies of one scorer run the same graph (GoogLeNet's and Inception-v3's auxiliary heads run in
+    ``train()`` mode only, and PX replays its activation pass's gates call by call).
 
     Example:
         >>> set_modes(net, norm_train=False)  # BatchNorm on running statistics
     """
-    net.train()
+    net.eval()
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase):
             m.train(norm_train)

@@ -67,6 +67,12 @@ def labelled_batch(batch, like: Tensor, method: str) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def grad_or_zeros(leaf: Tensor) -> Tensor:
+    """``leaf.grad`` after a backward pass, or zeros where the output did not depend on ``leaf`` at all (a
+    tensor on no path: GoogLeNet's auxiliary heads, unused in ``eval()`` and outside ``model_output``)."""
+    return torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+
+
 def model_output(out) -> Tensor:
     """The prediction tensor of a model output: a tensor, ``.logits``, ``["out"]`` or the first of a tuple."""
     if isinstance(out, Tensor):

@@ -67,7 +67,10 @@ class GraSPScorer(Scorer):
             substituted = {n: leaves[n] * masks[n] for n in names}
             out = model_output(torch.func.functional_call(net, substituted, (x,), strict=False))
             loss = loss_fn(out / self.temperature, y)
-            return torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=create_graph)
+            # materialize_grads: a tensor the output does not depend on (GoogLeNet's aux heads) gets zeros.
+            return torch.autograd.grad(
+                loss, [leaves[n] for n in names], create_graph=create_graph, materialize_grads=True
+            )
 
         stopped = [torch.zeros_like(leaves[n]) for n in names]
         for batch in batches:
@@ -79,7 +82,7 @@ class GraSPScorer(Scorer):
                 grads = batch_grads(batch, True)
             z = sum((g * s).sum() for g, s in zip(grads, stopped))
             try:
-                second = torch.autograd.grad(z, [leaves[n] for n in names])
+                second = torch.autograd.grad(z, [leaves[n] for n in names], materialize_grads=True)
             except RuntimeError as err:
                 if "derivative for" not in str(err):
                     raise

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..copies import plain_copy
 from ..targets import weight_attributes
-from .base import Scorer, batch_inputs, check_seed, model_output
+from .base import Scorer, batch_inputs, check_seed, grad_or_zeros, model_output
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -162,4 +162,4 @@ class NTKSAPScorer(Scorer):
                 out_mod = model_output(torch.func.functional_call(net, perturbed, (x,)))
                 ((out - out_mod) ** 2).sum().backward()
         passes = self.repeats * len(shapes)
-        return {n: (gates[n].grad.abs() * masks[n] / passes).detach() for n in weights}
+        return {n: (grad_or_zeros(gates[n]).abs() * masks[n] / passes).detach() for n in weights}

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..copies import plain_copy, without_randomness
 from ..zero_init import at_default_init
-from .base import Scorer, labelled_batch, model_output
+from .base import Scorer, grad_or_zeros, labelled_batch, model_output
 
 
 class SNIPScorer(Scorer):
@@ -34,7 +34,8 @@ class SNIPScorer(Scorer):
             loss_fn(model_output(out), y).backward()
         # A pruned weight scores 0 (its mask gradient is not: dL/dw_eff * w), so that in a later round of a
         # search it neither outranks kept weights nor revives; otherwise the kept share falls short.
-        scores = {n: g.grad.detach().abs() * masks[n] for n, g in gates.items()}
+        # A tensor the output does not depend on (GoogLeNet's auxiliary heads) has no gradient: it scores 0.
+        scores = {n: grad_or_zeros(g).detach().abs() * masks[n] for n, g in gates.items()}
         total = sum(s.sum() for s in scores.values())
         if not total > 0:  # all zero: no normalisation (0/0); find_masks reports the zero scores
             return scores

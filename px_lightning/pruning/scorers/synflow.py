@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..copies import plain_copy
 from ..zero_init import at_default_init
-from .base import Scorer, batch_inputs, model_output
+from .base import Scorer, batch_inputs, grad_or_zeros, model_output
 
 
 class SynFlowScorer(Scorer):
@@ -40,7 +40,7 @@ class SynFlowScorer(Scorer):
         ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=ref.device)
         out = torch.func.functional_call(net, substituted, (ones,), strict=False)
         torch.sum(model_output(out)).backward()
-        scores = {n: (leaves[n].grad * leaves[n]).detach().abs() for n in leaves}
+        scores = {n: (grad_or_zeros(leaves[n]) * leaves[n]).detach().abs() for n in leaves}
         top = max(float(s.max()) for s in scores.values())
         limit = torch.finfo(ref.dtype).max
         if math.isfinite(top) and top > limit / 2**10:
