@@ -99,3 +99,23 @@ def test_googlenet_auxiliary_heads_score_zero_and_do_not_break_scoring(method, o
     kept = sum(int(m.sum()) for m in masks.values())
     assert kept == pytest.approx(0.05 * sum(m.numel() for m in masks.values()), abs=2)
     assert not any(bool(m.any()) for n, m in masks.items() if n.startswith("aux"))
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "ntksap", "px"])
+def test_zero_initialised_residual_branches_are_scored_at_a_unit_scale(method):
+    """zero_init_residual=True sets each residual branch's last BatchNorm scale to 0: every path through the
+    branch has weight 0, and every scorer used to prune the branches whole (and keep less than asked).
+    The scorers read such a scale at 1, on their copies only."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10, zero_init_residual=True)
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 7]))]
+    options = {"seed": 0} if method == "ntksap" else {}
+    with unchanged(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        masks = find_masks(model, method, batches, density=0.05, rounds=2, **options)
+    assert not model.layer1[0].bn2.weight.any()  # the caller's model keeps its zero scales
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == pytest.approx(0.05 * sum(m.numel() for m in masks.values()), abs=2)
+    branches = [n for n in masks if n.endswith(("conv1.weight", "conv2.weight")) and n.startswith("layer")]
+    emptied = [n for n in branches if not masks[n].any()]
+    assert len(emptied) <= 2, emptied

@@ -91,6 +91,29 @@ def plain_copy(model: nn.Module) -> nn.Module:
     return net
 
 
+_SCALED_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def scoring_copy(model: nn.Module) -> nn.Module:
+    """``plain_copy`` for a scorer: a normalisation layer whose scale is zero in every entry (zero by
+    construction: the last BatchNorm of each residual branch under torchvision's ``zero_init_residual`` and
+    timm's default ``zero_init_last``) is read at 1, as ``zero_init`` reads a zero-initialised weight. At
+    zero every path through the branch has weight 0, so every scorer would find nothing there and prune the
+    branch whole, whatever the data.
+
+    Example:
+        >>> net = scoring_copy(model).eval()
+    """
+    net = plain_copy(model)
+    with torch.no_grad():
+        for module in net.modules():
+            weight = getattr(module, "weight", None)
+            scaled = isinstance(module, _SCALED_NORMS) and isinstance(weight, Tensor) and weight.numel() > 0
+            if scaled and not bool(weight.any()):
+                weight.fill_(1.0)
+    return net
+
+
 class ActivationGates(TorchFunctionMode):
     """Inside the ``with`` block every activation function (``ACTIVATIONS``) is intercepted.
 
@@ -226,6 +249,7 @@ __all__ = [
     "identity_norms",
     "norms_with_statistics",
     "plain_copy",
+    "scoring_copy",
     "set_modes",
     "without_randomness",
 ]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..copies import plain_copy, without_randomness
+from ..copies import scoring_copy, without_randomness
 from ..zero_init import at_default_init
 from .base import Scorer, differentiable_attention, labelled_batch, model_output
 
@@ -57,7 +57,7 @@ class GraSPScorer(Scorer):
         # A tensor zero by construction (a ViT's head) is scored as if at its layer's default init.
         weights = at_default_init(weights, masks)
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-        net = without_randomness(plain_copy(model).train())
+        net = without_randomness(scoring_copy(model).train())
         names = list(weights)
         ref = weights[names[0]]
         leaves = {n: weights[n].clone().requires_grad_(True) for n in names}

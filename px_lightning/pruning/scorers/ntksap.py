@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..copies import plain_copy
+from ..copies import scoring_copy
 from ..targets import weight_attributes
 from .base import Scorer, batch_inputs, check_seed, grad_or_zeros, model_output
 
@@ -134,7 +134,7 @@ class NTKSAPScorer(Scorer):
             return self._score(model, weights, masks, shapes, ref)
 
     def _score(self, model, weights, masks, shapes, ref) -> dict[str, Tensor]:
-        net = plain_copy(model)
+        net = scoring_copy(model)
         net.requires_grad_(False)  # only the masks need gradients
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

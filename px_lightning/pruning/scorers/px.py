@@ -40,7 +40,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..copies import ActivationGates, has_batchnorm, plain_copy, set_modes
+from ..copies import ActivationGates, has_batchnorm, scoring_copy, set_modes
 from ..factors import GATES, FrozenFactors, sample_sums
 from ..targets import PRUNABLE_TYPES, linear_maps
 from ..zero_init import at_default_init
@@ -288,7 +288,7 @@ class PXScorer(Scorer):
     def _masked_copy(model, weights, masks) -> nn.Module:
         """A plain copy of ``model`` with the masked weights written into its own tensors (no second
         full-size copy)."""
-        net = plain_copy(model)
+        net = scoring_copy(model)
         with torch.no_grad():
             for n in weights:
                 torch.mul(weights[n], masks[n], out=net.get_parameter(n).detach())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..copies import plain_copy, without_randomness
+from ..copies import scoring_copy, without_randomness
 from ..zero_init import at_default_init
 from .base import Scorer, grad_or_zeros, labelled_batch, model_output
 
@@ -24,7 +24,7 @@ class SNIPScorer(Scorer):
         # A tensor zero by construction (a ViT's head) is scored as if at its layer's default init.
         weights = at_default_init(weights, masks)
         loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-        net = without_randomness(plain_copy(model).train())
+        net = without_randomness(scoring_copy(model).train())
         ref = next(iter(weights.values()))
         gates = {n: masks[n].to(w.dtype).requires_grad_(True) for n, w in weights.items()}
         for batch in batches:

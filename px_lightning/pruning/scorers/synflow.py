@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..copies import plain_copy
+from ..copies import scoring_copy
 from ..zero_init import at_default_init
 from .base import Scorer, batch_inputs, grad_or_zeros, model_output
 
@@ -28,7 +28,7 @@ class SynFlowScorer(Scorer):
         # A tensor zero by construction (a ViT's head) is scored as if at its layer's default init.
         weights = at_default_init(weights, masks)
         ref = next(iter(weights.values()))
-        net = plain_copy(model).eval().to(torch.float64)
+        net = scoring_copy(model).eval().to(torch.float64)
         with torch.no_grad():
             for tensor in list(net.parameters()) + list(net.buffers()):
                 if tensor.is_floating_point():
