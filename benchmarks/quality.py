@@ -25,6 +25,7 @@ before ``steps`` was recorded were all 80 steps), in the resume key and in the r
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -158,6 +159,10 @@ METHODS: dict[str, tuple[str | None, dict]] = {
 # permutation of the layer's initial weights).
 METHODS["px_cvpr2024_r100"] = ("px", {"variant": "cvpr2024"})
 METHODS["px_cvpr2024"] = ("px", {"variant": "cvpr2024"})  # the default PX, at --rounds (issue 14's table)
+# ConvNeXt's layer scale (1e-6 at init) read as 1 while scoring: the masks are then installed on the model
+# as initialised (torchvision's CNBlock.layer_scale).
+METHODS["px_cvpr2024_ls1"] = ("px", {"variant": "cvpr2024", "layer_scale_one": True})
+METHODS["synflow_ls1"] = ("synflow", {"layer_scale_one": True})
 METHODS["px_2025eval_r100"] = ("px", {"variant": "2025-eval"})
 for _check in ("reshuffle", "invert", "reinit"):
     METHODS[f"px_cvpr2024_{_check}_r100"] = ("px", {"variant": "cvpr2024", "sanity": _check})
@@ -297,8 +302,15 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
                     )
                 else:
                     sanity = options.pop("sanity", None)
+                    scored = model
+                    if options.pop("layer_scale_one", False):  # score a copy whose layer scales are 1
+                        scored = copy.deepcopy(model)
+                        with torch.no_grad():
+                            for name, p in scored.named_parameters():
+                                if name.endswith("layer_scale"):
+                                    p.fill_(1.0)
                     masks = find_masks(
-                        model,
+                        scored,
                         make_scorer(method, options),
                         batches,
                         density=density,
