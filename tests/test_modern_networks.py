@@ -6,6 +6,7 @@ computations written out here, and the scores for being finite, non-zero, well-p
 """
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -164,3 +165,29 @@ def test_masks_do_not_change_with_the_thread_count(kind):
         torch.set_num_threads(threads)
     for name in one:
         assert torch.equal(one[name], two[name]), name
+
+
+@pytest.mark.parametrize("variant", ["2025", "2025-eval", "cvpr2024"])
+def test_swin_v2_position_bias_gate_is_a_factor_of_no_sample(variant):
+    """Swin V2 applies 16 * sigmoid to its position-bias table, computed from no input: recorded as a gate
+    of leading dimension 'heads', which the 2025 kernel copy's mean sample must keep whole (it raised a
+    reshape error on every torchvision Swin V2)."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    model = SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=24,
+        depths=[1, 1],
+        num_heads=[1, 3],
+        window_size=[2, 2],
+        num_classes=10,
+        block=SwinTransformerBlockV2,
+        downsample_layer=PatchMergingV2,
+    )
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        masks = find_masks(model, "px", batches, density=0.05, rounds=2, variant=variant)
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == pytest.approx(0.05 * sum(m.numel() for m in masks.values()), abs=2)

@@ -112,7 +112,12 @@ def _affine(func, args, kwargs, x: Tensor) -> Tensor:
 
 def _batch_sum(value: Tensor, samples: int) -> Tensor:
     """The sum over ``samples`` of a factor whose leading dimension is ``samples`` times the per-sample
-    count (windows of a Swin block folded into the batch), keeping one sample."""
+    count (windows of a Swin block folded into the batch), keeping one sample. A factor whose leading
+    dimension is not a multiple of ``samples`` is computed from no input (Swin V2's ``16 * sigmoid`` of its
+    position-bias table): the same for every sample, so its sum is ``samples`` times it. (Such a factor
+    whose leading dimension happens to be a multiple of ``samples`` is averaged over that dimension.)"""
+    if value.dim() == 0 or value.shape[0] % samples:
+        return value * samples
     return value.reshape(samples, -1, *value.shape[1:]).sum(0)
 
 
