@@ -239,3 +239,20 @@ def test_a_custom_scorer_from_the_public_base_class():
     assert any(isinstance(p, WeightMask) for p in model.fc.parametrizations["weight"])
     with pytest.raises(ValueError, match="given with a scorer object"):
         compute_scores(model, RowIndex(), seed=0)
+
+
+def test_scores_that_overflow_float32_are_refused_with_the_float64_remedy():
+    """Weights of 1e20 make a float32 loss and its gradients overflow; the same model in float64 scores."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(1e20)
+        model[2].weight.mul_(1e20)
+    batches = [(torch.ones(2, 4), torch.tensor([0, 1]))]
+    with pytest.raises(ValueError, match=r"overflowed torch.float32: score a float64 copy"):
+        compute_scores(model, "snip", batches)
+    wide = copy.deepcopy(model).double()
+    scores = compute_scores(wide, "snip", [(batches[0][0].double(), batches[0][1])])
+    assert all(bool(torch.isfinite(s).all()) for s in scores.values())

@@ -85,7 +85,17 @@ def _signed(scores: dict[str, Tensor]) -> bool:
 def _check_scores(scores: dict[str, Tensor], method: str) -> None:
     for n, s in scores.items():
         if not torch.isfinite(s).all():
-            raise ValueError(f"{method} produced NaN or infinite scores for {n!r}; check the model and data")
+            hint = ""
+            if s.dtype in (torch.float32, torch.float16, torch.bfloat16):
+                # Products over many layers overflow float32 first (PX's 2025 variants on a ConvNeXt-T reach
+                # 1e37, on a Swin-T 1e125): the same scores exist in float64.
+                hint = (
+                    f"; if both are finite, the scores overflowed {s.dtype}: score a float64 copy "
+                    "(copy.deepcopy(model).double(), batches in float64) and apply its masks"
+                )
+            raise ValueError(
+                f"{method} produced NaN or infinite scores for {n!r}; check the model and data" + hint
+            )
 
 
 def compute_scores(
