@@ -163,6 +163,9 @@ METHODS["px_cvpr2024"] = ("px", {"variant": "cvpr2024"})  # the default PX, at -
 # as initialised (torchvision's CNBlock.layer_scale).
 METHODS["px_cvpr2024_ls1"] = ("px", {"variant": "cvpr2024", "layer_scale_one": True})
 METHODS["synflow_ls1"] = ("synflow", {"layer_scale_one": True})
+# The 2025 variants overflow float32 on the ViT: scored on a float64 copy, masks installed on the model.
+METHODS["px_2025eval_f64"] = ("px", {"variant": "2025-eval", "float64": True})
+METHODS["px_2025_f64"] = ("px", {"variant": "2025", "float64": True})
 METHODS["px_2025eval_r100"] = ("px", {"variant": "2025-eval"})
 for _check in ("reshuffle", "invert", "reinit"):
     METHODS[f"px_cvpr2024_{_check}_r100"] = ("px", {"variant": "cvpr2024", "sanity": _check})
@@ -309,10 +312,14 @@ def run_one(model_name: str, method_name: str, density: float, seed: int, data, 
                             for name, p in scored.named_parameters():
                                 if name.endswith("layer_scale"):
                                     p.fill_(1.0)
+                    scoring_batches = batches
+                    if options.pop("float64", False):  # score a float64 copy (float32 overflows)
+                        scored = copy.deepcopy(scored).double()
+                        scoring_batches = [(x.double(), y) for x, y in batches]
                     masks = find_masks(
                         scored,
                         make_scorer(method, options),
-                        batches,
+                        scoring_batches,
                         density=density,
                         rounds=rounds,
                         reshuffle=sanity == "reshuffle",
