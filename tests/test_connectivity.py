@@ -306,3 +306,19 @@ def test_a_module_with_its_own_state_dict_loader_is_examined():
     dense = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if p.dim() > 1}
     effective = effective_masks(model, x, dense)
     assert set(effective) == set(dense) and all(bool(m.any()) for m in effective.values())
+
+
+def test_a_vit_without_its_patch_embedding_has_no_effective_weight():
+    """The class token and the position embedding are added constants: with the patch embedding emptied no
+    input reaches any token (PX cvpr2024 does this to the Digits ViT at 5%), so no kept weight is effective;
+    they used to be read as reached."""
+    from helpers import small_vit
+
+    torch.manual_seed(0)
+    model = small_vit()
+    x = torch.zeros(1, 3, 32, 32)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if p.dim() > 1}
+    masks = {n: m for n, m in masks.items() if n not in ("class_token", "encoder.pos_embedding")}
+    masks["conv_proj.weight"] = torch.zeros_like(masks["conv_proj.weight"])
+    effective = effective_masks(model, x, masks)
+    assert not any(bool(m.any()) for m in effective.values())

@@ -7,7 +7,8 @@ weight costs budget and computes nothing that depends on the input. Vysogorets a
 ResNet, 95% of SynFlow's and PX's kept weights are effective, 1.4% of SNIP's (``benchmarks/README.md``).
 
 How: a copy of the network with every masked tensor replaced by its mask and every other weight by its
-non-zero pattern, biases and normalisation shifts 0, BatchNorm the identity, max pooling read as average
+non-zero pattern, biases, normalisation shifts and other additive parameters (class tokens, position
+embeddings) 0, BatchNorm the identity, max pooling read as average
 pooling (every position of a window is connected), activations the identity, and a gate (``sigmoid``,
 ``hardsigmoid``: a squeeze-excitation's) ``1 + its input``: a sigmoid is never zero, so what it scales
 stays connected even where the gate's own layers are all pruned. A normalisation over its own input
@@ -154,6 +155,17 @@ class _MixingAsReach(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# Parameters added to a signal, not multiplying it, carry nothing from the input: biases (attention's
+# in_proj_bias, bias_k / bias_v), a ViT's class / distillation / register tokens and position embeddings,
+# Swin's relative-position bias table. Read by their attribute names, which every torchvision and timm
+# model of the zoo follows.
+_ADDITIVE = ("bias", "token", "pos_emb", "pos_embed", "position", "table")
+
+
+def _is_additive_constant(attr: str) -> bool:
+    return any(word in attr for word in _ADDITIVE)
+
+
 def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     net = plain_copy(model).to(dtype).eval()
     for name, module in list(net.named_modules()):
@@ -166,9 +178,7 @@ def _connectivity_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 continue  # the identity, loaded below
             for attr, p in module.named_parameters(recurse=False):
-                # Biases are constants: attention's packed in_proj_bias and its learned bias_k/bias_v too.
-                constant = attr == "bias" or attr.endswith("_bias") or attr in ("bias_k", "bias_v")
-                p.copy_(torch.zeros_like(p) if constant else (p != 0).to(dtype))
+                p.copy_(torch.zeros_like(p) if _is_additive_constant(attr) else (p != 0).to(dtype))
         # Copied tensor by tensor: load_state_dict would run modules' own loaders, which some refuse
         # without the checkpoint's version metadata (torchvision's MNASNet).
         state = net.state_dict(keep_vars=True)
