@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils import parametrize
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
-from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 from torchvision.models.vision_transformer import VisionTransformer
 
 from px_lightning.pruning.scorers import MagnitudeScorer, PXScorer
@@ -209,8 +209,10 @@ def small_vit() -> nn.Module:
     )
 
 
-def small_swin() -> nn.Module:
-    """A Swin transformer at 32x32: window attention, stochastic depth."""
+def small_swin(v2: bool = False) -> nn.Module:
+    """A Swin transformer at 32x32: window attention, stochastic depth; ``v2``: Swin V2's blocks (scaled
+    cosine attention, a position-bias table through ``16 * sigmoid``) and patch merging."""
+    blocks = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
     return SwinTransformer(
         patch_size=[4, 4],
         embed_dim=16,
@@ -219,6 +221,7 @@ def small_swin() -> nn.Module:
         window_size=[2, 2],
         stochastic_depth_prob=0.1,
         num_classes=10,
+        **blocks,
     )
 
 

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import MODERN_NETWORKS, assert_same, snapshot
+from helpers import MODERN_NETWORKS, assert_same, small_swin, snapshot
 from torch import nn
 
 from px_lightning.pruning import ZeroScoresError, compute_scores, find_masks
@@ -171,20 +171,9 @@ def test_masks_do_not_change_with_the_thread_count(kind):
 def test_swin_v2_position_bias_gate_is_a_factor_of_no_sample(variant):
     """Swin V2 applies 16 * sigmoid to its position-bias table, computed from no input: recorded as a gate
     of leading dimension 'heads', which the 2025 kernel copy's mean sample must keep whole (it raised a
-    reshape error on every torchvision Swin V2)."""
-    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
-
+    reshape error on every torchvision Swin V2: its first stage has one head, not a multiple of the batch)."""
     torch.manual_seed(0)
-    model = SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=24,
-        depths=[1, 1],
-        num_heads=[1, 3],
-        window_size=[2, 2],
-        num_classes=10,
-        block=SwinTransformerBlockV2,
-        downsample_layer=PatchMergingV2,
-    )
+    model = small_swin(v2=True)
     batches = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
