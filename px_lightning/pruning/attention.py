@@ -49,21 +49,33 @@ def restatable(arguments: dict) -> bool:
     )
 
 
+def additive(mask: Tensor, dtype: torch.dtype, masked: bool = True) -> Tensor:
+    """A boolean ``mask`` as an additive one: ``-inf`` where it is ``masked`` (True: the convention of
+    ``nn.MultiheadAttention``; pass ``masked=False`` for ``F.scaled_dot_product_attention``'s, where True
+    means "may read"), 0 elsewhere; a float mask as it is, in ``dtype``.
+
+    Example:
+        >>> additive(torch.tensor([True, False]), torch.float32)
+        tensor([-inf, 0.])
+    """
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask == masked, float("-inf"))
+
+
 def _additive_mask(a: dict, batch: int, heads: int, dtype: torch.dtype) -> Tensor | None:
     """``attn_mask`` and ``key_padding_mask`` (True or -inf: not read) as one additive ``(N, H, L, S)``."""
     total = None
     for mask, shape in ((a["attn_mask"], None), (a["key_padding_mask"], (batch, 1, 1, -1))):
         if mask is None:
             continue
-        additive = (
-            torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
-            if mask.dtype == torch.bool
-            else mask.to(dtype)
-        )
+        additive_mask = additive(mask, dtype)
         if shape is None:  # attn_mask: (L, S) for every sample and head, or (N * H, L, S)
-            shape = (batch, heads, *additive.shape[-2:]) if additive.dim() == 3 else additive.shape
-        additive = additive.reshape(shape)
-        total = additive if total is None else total + additive
+            shape = (
+                (batch, heads, *additive_mask.shape[-2:]) if additive_mask.dim() == 3 else additive_mask.shape
+            )
+        additive_mask = additive_mask.reshape(shape)
+        total = additive_mask if total is None else total + additive_mask
     if total is None and a["is_causal"]:
         raise ValueError("is_causal needs attn_mask in F.multi_head_attention_forward, as torch requires")
     return total
@@ -103,4 +115,4 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> T
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-__all__ = ["Attention", "bind", "restatable", "softmax_attention", "written_out"]
+__all__ = ["Attention", "additive", "bind", "restatable", "softmax_attention", "written_out"]

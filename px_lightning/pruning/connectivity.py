@@ -137,15 +137,10 @@ class _MixingAsReach(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             q, k, v = args[:3]
             mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-            if mask is not None and mask.dtype == torch.bool:
-                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                    ~mask, float("-inf")
-                )
             if kwargs.get("is_causal", args[5] if len(args) > 5 else False):
-                causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-                mask = torch.zeros(causal.shape, dtype=q.dtype, device=q.device).masked_fill(
-                    ~causal, float("-inf")
-                )
+                mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+            # F.scaled_dot_product_attention's boolean masks say where a query may read (True).
+            mask = None if mask is None else attention.additive(mask, q.dtype, masked=False)
             return _reach_attention(q, k, v, mask)
         if func is F.multi_head_attention_forward:
             arguments = attention.bind(args, kwargs)
