@@ -91,6 +91,13 @@ def smallest_side(model: torch.nn.Module) -> int:
     raise RuntimeError(f"no side in {SIDES} runs")
 
 
+def _failed(row: dict, err: Exception, where: str = "") -> dict:
+    """``row`` with the error and the end of its traceback (called inside the ``except``)."""
+    row["error"] = f"{where}{type(err).__name__}: {err}"[:300]
+    row["trace"] = traceback.format_exc(limit=-2)[-600:]
+    return row
+
+
 def run_cell(name: str, method: str, side: int) -> dict:
     """One ``find_masks`` call on a fresh model, as the module docstring says."""
     model = build(name)
@@ -103,9 +110,8 @@ def run_cell(name: str, method: str, side: int) -> dict:
     try:
         masks = find_masks(model, scorer, batches, density=DENSITY, rounds=ROUNDS, **options)
     except Exception as err:  # noqa: BLE001 - recorded, not raised: the table shows which calls fail and why
-        row.update(seconds=time.perf_counter() - start, error=f"{type(err).__name__}: {err}"[:300])
-        row["trace"] = traceback.format_exc(limit=-2)[-600:]
-        return row
+        row["seconds"] = time.perf_counter() - start
+        return _failed(row, err)
     row["seconds"] = time.perf_counter() - start
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -117,9 +123,7 @@ def run_cell(name: str, method: str, side: int) -> dict:
     try:
         effective = effective_masks(model, batches[0][0], masks)
     except Exception as err:  # noqa: BLE001 - recorded: a failure of effective_masks is a finding too
-        row["error"] = f"effective_masks: {type(err).__name__}: {err}"[:300]
-        row["trace"] = traceback.format_exc(limit=-2)[-600:]
-        return row
+        return _failed(row, err, "effective_masks: ")
     row["effective_density"] = sum(int(m.sum()) for m in effective.values()) / total
     return row
 

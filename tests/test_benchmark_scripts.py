@@ -130,3 +130,39 @@ def test_connectivity_counts_weights_on_input_output_paths():
         "kept": 2, "effective": 1, "input_only": 0, "output_only": 1, "isolated": 0,
         "active_out": 1, "out_channels": 1,
     }  # fmt: skip
+
+
+def test_zoo_benchmark_records_each_cell_and_its_table(tmp_path):
+    out = tmp_path / "zoo.jsonl"
+    _run("zoo.py", "--models", "squeezenet1_1", "--methods", "px", "random", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["model"], r["method"]) for r in rows] == [("squeezenet1_1", "px"), ("squeezenet1_1", "random")]
+    for row in rows:
+        assert row["side"] == 32 and row["untouched"] and row["density"] == pytest.approx(0.05, abs=1e-3)
+        assert 0 <= row["effective_density"] <= row["density"]
+
+
+@pytest.mark.parametrize("model", ["vit", "convnext"])
+def test_quality_benchmark_trains_the_transformer_and_the_convnext(tmp_path, model):
+    out = tmp_path / "quality.jsonl"
+    _run(
+        "quality.py",
+        *("--models", model, "--methods", "random", "px_cvpr2024", "--densities", "0.1"),
+        *(
+            "--seeds",
+            "0",
+            "--steps",
+            "2",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "q.png"),
+        ),
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["random", "px_cvpr2024"]
+    for row in rows:
+        assert row["optimizer"] == "adamw" and row["total_density"] == pytest.approx(0.1, abs=1e-3)
+        assert 0 <= row["accuracy"] <= 1

@@ -173,8 +173,9 @@ def savings_report(model: nn.Module, example_input: Tensor, *, effective: bool =
     it in ``eval()`` mode, under ``no_grad``, measures every layer's output size (the model is left as it
     was: modes, weights, buffers). FLOPs are per example (the module docstring says what is counted).
     ``effective``: whether to count the weights on an input-output path (``effective_masks``: one more
-    forward-backward of a copy); where not counted, every ``effective`` entry is ``None``. A model without masks is reported
-    dense (kept = dense; effective still counts only the weights on an input-output path).
+    forward-backward of a copy); where not counted, every ``effective`` entry is ``None``. A model
+    without masks is reported dense (kept = dense; effective still counts only the weights on an
+    input-output path).
 
     Returns::
 
