@@ -82,9 +82,12 @@ def _average_pool(pool: nn.Module) -> nn.Module:
     return _MAX_TO_AVG[type(pool)](pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
 
 
+_NORM_SIGNATURES = {f: signature(f) for f in (F.layer_norm, F.rms_norm, F.group_norm, F.instance_norm)}
+
+
 def _group_sum(func, args: tuple, kwargs: dict) -> Tensor:
     """A normalisation's output read as its group's sum times the weight's 0/1 pattern (no shift)."""
-    bound = signature(func).bind(*args, **kwargs)
+    bound = _NORM_SIGNATURES[func].bind(*args, **kwargs)
     bound.apply_defaults()
     x, weight = bound.arguments["input"], bound.arguments.get("weight")
     if func in (F.layer_norm, F.rms_norm):
@@ -121,12 +124,11 @@ class _MixingAsReach(TorchFunctionMode):
     out by ``attention.written_out`` where it can be) and an explicit ``softmax`` (each probability
     ``1 + its row's reach``, never zero)."""
 
-    _NORMS = (F.layer_norm, F.rms_norm, F.group_norm, F.instance_norm)
     _SOFTMAX = (F.softmax, torch.softmax, Tensor.softmax)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in self._NORMS:
+        if func in _NORM_SIGNATURES:
             return _Reached.apply(_group_sum(func, args, kwargs))
         if func in self._SOFTMAX:
             x = args[0]
