@@ -144,6 +144,14 @@ class FrozenFactors(TorchFunctionMode):
         self.action, self.norms, self.gates = action, norms, gates
         self.factors: list = [] if factors is None else factors
         self.index = 0
+        # Every torch call of the pass comes through __torch_function__: the functions it acts on are
+        # tested first, in one set lookup, and every other call goes straight through.
+        self._watched = (
+            {F.multi_head_attention_forward, F.scaled_dot_product_attention, *_SOFTMAX}
+            | (GATES if gates else set())
+            | (_NORMS if norms else set())
+            | ({F.batch_norm} if action == "replay" else set())
+        )
 
     def _next(self) -> Tensor | tuple:
         if self.index >= len(self.factors):
@@ -160,6 +168,8 @@ class FrozenFactors(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in self._watched:
+            return func(*args, **kwargs)
         if func is F.multi_head_attention_forward:
             arguments = attention.bind(args, kwargs)
             if attention.restatable(arguments):

@@ -307,7 +307,8 @@ class PXScorer(Scorer):
         ref = real[next(iter(weights))]
         squared = {k: v.square() for k, v in real.items()}
         leaves = {n: squared[n].requires_grad_(True) for n in weights}
-        buffers = dict(net.named_buffers())
+        # Every normalisation layer runs on batch statistics (train mode), so the running statistics that
+        # each pass updates in the copy are never read: no throwaway buffers are needed.
         for batch in batches:
             x, _ = batch_inputs(batch, ref)
             # The data path is the masked network itself: it is the activation pass. Every activation is
@@ -321,13 +322,12 @@ class PXScorer(Scorer):
                 FrozenFactors("record", norms=False, gates=False) as factors,
                 ActivationGates("relu"),
             ):
-                z1 = model_output(torch.func.functional_call(net, _fresh(buffers), (x,), strict=False))
+                z1 = model_output(net(x))
             with (
                 FrozenFactors("replay", factors.factors, norms=False, gates=False),
                 ActivationGates("identity"),
             ):
-                state = {**squared, **_fresh(buffers)}
-                z2 = model_output(torch.func.functional_call(net, state, (x,), strict=False))
+                z2 = model_output(torch.func.functional_call(net, squared, (x,), strict=False))
             (z1 * z2).sum().backward()  # gradients with respect to w^2 add up over the batches
             del z1, z2
         return {
