@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lightning.pytorch as pl
 import torch
-from callback_helpers import CountingPX, LitClassifier, ScoringDataModule, make_tensors
+from callback_helpers import CountingPX, LitClassifier, ScoringDataModule, make_tensors, trainer_kwargs
 
 from px_lightning.callbacks import ForesightPruningCallback
 from px_lightning.pruning import get_masks
@@ -36,18 +36,8 @@ class _RecordDDPBuffers(pl.Callback):
 
 
 def _trainer(out_dir: Path, callbacks: list, max_steps: int) -> pl.Trainer:
-    return pl.Trainer(
-        callbacks=callbacks,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(out_dir),
-    )
+    kwargs = trainer_kwargs(out_dir, devices=2, strategy="ddp", max_steps=max_steps, callbacks=callbacks)
+    return pl.Trainer(**kwargs)
 
 
 def _data() -> ScoringDataModule:

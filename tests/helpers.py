@@ -1,4 +1,5 @@
-"""Shared test helpers: the strict model snapshot, the counting scorers, tiny networks, scoring batches.
+"""Shared test helpers: the strict model snapshot, the counting scorers, tiny networks, scoring batches,
+the conformance fixtures of the authors' code.
 
 Tests import these directly (``from helpers import unchanged``); ``conftest.py`` offers the same as
 fixtures. Everything here is a real part (real ``nn`` modules, real scorers): nothing is mocked.
@@ -24,6 +25,14 @@ from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer,
 from torchvision.models.vision_transformer import VisionTransformer
 
 from px_lightning.pruning.scorers import MagnitudeScorer, PXScorer
+
+# The authors' published networks and the fixtures their code wrote (../shared/conformance, beside the repo).
+CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+sys.path.insert(0, str(CONFORMANCE))
+import models as conformance_models  # ../shared/conformance/models.py, through the sys.path entry above
+
+# How close a conformance score must come to the published one, relative to the layer's largest score.
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 
 
 def snapshot(model: nn.Module) -> dict:
@@ -158,6 +167,22 @@ def scoring_batches(
         (torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
         for _ in range(n)
     ]
+
+
+def load_conformance(name: str, dtype: torch.dtype) -> tuple[dict, nn.Module, list]:
+    """The conformance fixture ``name`` (a file of ../shared/conformance), its network built with the
+    fixture's weights in ``dtype`` and eval mode, and its scoring batches in ``dtype``."""
+    fixture = torch.load(CONFORMANCE / name, weights_only=True)
+    model = conformance_models.build(fixture["model"], fixture["normalization"])
+    model.load_state_dict(fixture["state_dict"])
+    model.to(dtype).eval()
+    batches = [(x.to(dtype), y) for x, y in fixture["batches"]]
+    return fixture, model, batches
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest absolute difference of ``a`` and ``b``, relative to ``b``'s largest magnitude (float64)."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 def trainer_kwargs(tmp_path, **overrides) -> dict:

@@ -63,18 +63,47 @@ def assert_refused(run: subprocess.CompletedProcess, expected: list[str], cwd: P
     assert not (cwd / "logs").exists() and not (cwd / "lightning_logs").exists(), sorted(cwd.rglob("*"))
 
 
-def test_value_refused_by_the_callback_on_the_command_line(tmp_path):
-    run = px_lightning(
-        "fit", "--config", str(QUICKSTART), "--trainer.callbacks.init_args.density=1.5", cwd=tmp_path
-    )
-    assert_refused(
-        run,
+# One bad option on the quickstart's command line, and the stderr it must give.
+BAD_OPTIONS = {
+    "value_refused_by_the_callback": (
+        "--trainer.callbacks.init_args.density=1.5",
         [
             "px-lightning: error: --trainer.callbacks.init_args.density=1.5: density must be in (0, 1], got 1.5",
             "  ValueError (refused by ForesightPruningCallback);" + HINT.format(sub="fit")[1:],
         ],
-        tmp_path,
-    )
+    ),
+    "misspelt_key_names_the_closest_key": (
+        "--trainer.callbacks.init_args.densty=0.1",
+        [
+            (
+                "px-lightning: error: --trainer.callbacks.init_args.densty=0.1: ForesightPruningCallback has no "
+                "argument 'densty'; did you mean 'density'?"
+            ),
+            TAKES,
+            HINT.format(sub="fit"),
+        ],
+    ),
+    "misspelt_option_is_not_taken_for_another": (
+        "--trainer.max_epoch=3",
+        [
+            (
+                "px-lightning: error: --trainer.max_epoch=3: unknown option; did you mean --trainer.max_epochs or "
+                "--trainer.min_epochs or --trainer.max_steps?"
+            ),
+            HINT.format(sub="fit"),
+        ],
+    ),
+    "wrong_type": (
+        "--trainer.max_epochs=ten",
+        ["px-lightning: error: --trainer.max_epochs=ten: expected an int, got 'ten'", HINT.format(sub="fit")],
+    ),
+}
+
+
+@pytest.mark.parametrize(("option", "expected"), list(BAD_OPTIONS.values()), ids=list(BAD_OPTIONS))
+def test_bad_option_on_the_command_line(tmp_path, option, expected):
+    run = px_lightning("fit", "--config", str(QUICKSTART), option, cwd=tmp_path)
+    assert_refused(run, expected, tmp_path)
 
 
 def test_unknown_method_lists_the_known_ones(tmp_path):
@@ -93,93 +122,49 @@ def test_unknown_method_lists_the_known_ones(tmp_path):
     )
 
 
-def test_value_refused_by_the_callback_in_the_config_file(tmp_path):
-    path = bad_config(tmp_path, lambda c: c["trainer"]["callbacks"][-1]["init_args"].update(density=1.5))
-    run = px_lightning("fit", "--config", str(path), cwd=tmp_path)
-    assert_refused(
-        run,
+def _misspell_density(config):
+    args = config["trainer"]["callbacks"][-1]["init_args"]
+    args["densty"] = args.pop("density")
+
+
+# One edit that spoils the quickstart config, and the stderr it must give; {path} is the spoilt file.
+BAD_CONFIGS = {
+    "value_refused_by_the_callback": (
+        lambda c: c["trainer"]["callbacks"][-1]["init_args"].update(density=1.5),
         [
             (
-                f"px-lightning: error: {path}: trainer.callbacks[0].init_args.density: density must be in (0, 1], "
+                "px-lightning: error: {path}: trainer.callbacks[0].init_args.density: density must be in (0, 1], "
                 "got 1.5"
             ),
             "  ValueError (refused by ForesightPruningCallback);" + HINT.format(sub="fit")[1:],
         ],
-        tmp_path,
-    )
-
-
-def test_misspelt_key_in_the_config_file_names_the_file_and_the_closest_key(tmp_path):
-    def misspell(config):
-        args = config["trainer"]["callbacks"][-1]["init_args"]
-        args["densty"] = args.pop("density")
-
-    path = bad_config(tmp_path, misspell)
-    run = px_lightning("fit", "--config", str(path), cwd=tmp_path)
-    assert_refused(
-        run,
+    ),
+    "misspelt_key_names_the_file_and_the_closest_key": (
+        _misspell_density,
         [
             (
-                f"px-lightning: error: {path}: trainer.callbacks[0].init_args.densty: ForesightPruningCallback has "
+                "px-lightning: error: {path}: trainer.callbacks[0].init_args.densty: ForesightPruningCallback has "
                 "no argument 'densty'; did you mean 'density'?"
             ),
             TAKES,
             HINT.format(sub="fit"),
         ],
-        tmp_path,
-    )
-
-
-def test_misspelt_key_on_the_command_line(tmp_path):
-    run = px_lightning(
-        "fit", "--config", str(QUICKSTART), "--trainer.callbacks.init_args.densty=0.1", cwd=tmp_path
-    )
-    assert_refused(
-        run,
+    ),
+    "wrong_type": (
+        lambda c: c["model"]["init_args"].update(num_classes="ten"),
         [
-            (
-                "px-lightning: error: --trainer.callbacks.init_args.densty=0.1: ForesightPruningCallback has no "
-                "argument 'densty'; did you mean 'density'?"
-            ),
-            TAKES,
+            "px-lightning: error: {path}: model.init_args.num_classes: expected an int, got 'ten'",
             HINT.format(sub="fit"),
         ],
-        tmp_path,
-    )
+    ),
+}
 
 
-def test_misspelt_option_is_not_taken_for_another(tmp_path):
-    run = px_lightning("fit", "--config", str(QUICKSTART), "--trainer.max_epoch=3", cwd=tmp_path)
-    assert_refused(
-        run,
-        [
-            (
-                "px-lightning: error: --trainer.max_epoch=3: unknown option; did you mean --trainer.max_epochs or "
-                "--trainer.min_epochs or --trainer.max_steps?"
-            ),
-            HINT.format(sub="fit"),
-        ],
-        tmp_path,
-    )
-
-
-def test_wrong_type_on_the_command_line_and_in_the_file(tmp_path):
-    run = px_lightning("fit", "--config", str(QUICKSTART), "--trainer.max_epochs=ten", cwd=tmp_path)
-    assert_refused(
-        run,
-        ["px-lightning: error: --trainer.max_epochs=ten: expected an int, got 'ten'", HINT.format(sub="fit")],
-        tmp_path,
-    )
-    path = bad_config(tmp_path, lambda c: c["model"]["init_args"].update(num_classes="ten"))
+@pytest.mark.parametrize(("edit", "expected"), list(BAD_CONFIGS.values()), ids=list(BAD_CONFIGS))
+def test_bad_value_in_the_config_file(tmp_path, edit, expected):
+    path = bad_config(tmp_path, edit)
     run = px_lightning("fit", "--config", str(path), cwd=tmp_path)
-    assert_refused(
-        run,
-        [
-            f"px-lightning: error: {path}: model.init_args.num_classes: expected an int, got 'ten'",
-            HINT.format(sub="fit"),
-        ],
-        tmp_path,
-    )
+    assert_refused(run, [line.replace("{path}", str(path)) for line in expected], tmp_path)
 
 
 def test_missing_config_file(tmp_path):

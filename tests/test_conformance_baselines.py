@@ -1,20 +1,14 @@
 """Scores of the authors' published code (../shared/conformance/baselines_small_cnn.pt) reproduced."""
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONFORMANCE, TOLERANCE, conformance_models
 
 from px_lightning.pruning import compute_scores
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
-sys.path.insert(0, str(CONFORMANCE))
-import models as conformance_models
-
 FIXTURE = torch.load(CONFORMANCE / "baselines_small_cnn.pt", weights_only=True)
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

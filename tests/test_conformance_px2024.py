@@ -3,42 +3,23 @@
 float32, thread-count independent, exactly shardable over batches, pruned weights score 0)."""
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import TOLERANCE, conformance_models, load_conformance, relative_error
 from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks
 from px_lightning.pruning.scorers import PXScorer
 from px_lightning.pruning.scorers.px import DEFAULT_VARIANT, VARIANTS
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
-sys.path.insert(0, str(CONFORMANCE))
-import models as conformance_models
-
 FILES = ["px2024_small_cnn.pt", "px2024_resnet20.pt"]
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
-
-
-def load(name, dtype):
-    fixture = torch.load(CONFORMANCE / name, weights_only=True)
-    model = conformance_models.build(fixture["model"], fixture["normalization"])
-    model.load_state_dict(fixture["state_dict"])
-    model.to(dtype).eval()
-    batches = [(x.to(dtype), y) for x, y in fixture["batches"]]
-    return fixture, model, batches
-
-
-def relative_error(a, b):
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", FILES)
 def test_cvpr2024_scores_match_the_2024_code(name, dtype):
-    fixture, model, batches = load(name, dtype)
+    fixture, model, batches = load_conformance(name, dtype)
     assert fixture["variant"] == "cvpr2024"
     scores = compute_scores(model, "px", batches, variant="cvpr2024")
     assert set(scores) == set(fixture["scores"])
@@ -50,7 +31,7 @@ def test_cvpr2024_scores_match_the_2024_code(name, dtype):
 
 @pytest.mark.parametrize("name", FILES)
 def test_cvpr2024_iterative_masks_match_the_2024_code_float64(name):
-    fixture, model, batches = load(name, torch.float64)
+    fixture, model, batches = load_conformance(name, torch.float64)
     masks = find_masks(
         model,
         "px",
@@ -69,7 +50,7 @@ def test_cvpr2024_iterative_masks_match_the_2024_code_float64(name):
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_cvpr2024_leaves_the_model_untouched(train_mode):
     # The copies run in train() mode: the caller's BatchNorm statistics, weights and modes stay as they are.
-    _, model, batches = load("px2024_small_cnn.pt", torch.float64)
+    _, model, batches = load_conformance("px2024_small_cnn.pt", torch.float64)
     model.train(train_mode)
     with torch.no_grad():  # statistics away from 0/1, so a write into them would show
         for m in model.modules():
@@ -121,7 +102,7 @@ def test_cvpr2024_matches_a_direct_computation():
 def test_px_shards_exactly_through_its_gradient_sums(variant):
     # Scores are |sum over batches| * ...: not the sum of each batch's scores, but
     # the signed gradient sums add up over the batches, so ranks may sum their shares and finish.
-    _, model, batches = load("px2024_small_cnn.pt", torch.float64)
+    _, model, batches = load_conformance("px2024_small_cnn.pt", torch.float64)
     scorer = PXScorer(variant=variant)
     assert scorer.shardable
     assert not PXScorer(bn_warmup=True).shardable
@@ -173,7 +154,7 @@ def test_cvpr2024_float32_agrees_with_float64_on_resnet20():
 
 
 def test_cvpr2024_pruned_weights_score_zero_and_never_return():
-    _, model, batches = load("px2024_small_cnn.pt", torch.float64)
+    _, model, batches = load_conformance("px2024_small_cnn.pt", torch.float64)
     g = torch.Generator().manual_seed(0)
     masks = {
         n: torch.rand(p.shape, generator=g) > 0.5
@@ -206,7 +187,7 @@ def test_variant_names_and_kernel_norm():
 
 
 def test_unknown_variant_is_refused_listing_the_known_ones():
-    _, model, batches = load("px2024_small_cnn.pt", torch.float64)
+    _, model, batches = load_conformance("px2024_small_cnn.pt", torch.float64)
     with pytest.raises(
         ValueError, match=r"variant must be one of 'cvpr2024', '2025', '2025-eval', got 'cvpr'"
     ):
@@ -217,7 +198,7 @@ def test_unknown_variant_is_refused_listing_the_known_ones():
     "option", [{"head": "body"}, {"bn_warmup": True}, {"bn_warmup": False}, {"kernel_norm": "eval"}]
 )
 def test_an_option_the_variant_does_not_take_is_refused_naming_both(option):
-    _, model, batches = load("px2024_small_cnn.pt", torch.float64)
+    _, model, batches = load_conformance("px2024_small_cnn.pt", torch.float64)
     (name,) = option
     with pytest.raises(
         ValueError, match=rf"variant='cvpr2024' does not take the option {name}; it takes dense_head"
@@ -234,7 +215,7 @@ def test_a_variant_contradicting_kernel_norm_is_refused_naming_both():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cvpr2024_on_a_gpu_matches_the_2024_code():
-    fixture, model, batches = load("px2024_resnet20.pt", torch.float32)
+    fixture, model, batches = load_conformance("px2024_resnet20.pt", torch.float32)
     scores = compute_scores(
         model.cuda(), "px", [(x.cuda(), y.cuda()) for x, y in batches], variant="cvpr2024"
     )

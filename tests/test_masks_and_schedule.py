@@ -1,12 +1,10 @@
 import copy
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import CountingMagnitude, CountingPX
+from helpers import CountingMagnitude, CountingPX, conformance_models
 from torch import nn
 
 from px_lightning.pruning import (
@@ -23,9 +21,6 @@ from px_lightning.pruning import (
     threshold_masks,
 )
 from px_lightning.pruning.schedule import _kth_smallest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
-import models as conformance_models
 
 
 def small_cnn():

@@ -2,18 +2,14 @@
 
 import copy
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import conformance_models
 from torch import nn
 
 from px_lightning.pruning import apply_masks, compute_scores, find_masks, threshold_masks
 from px_lightning.pruning.scorers.px_research import PXResearchScorer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "conformance"))
-import models as conformance_models
 
 
 def small_cnn(seed=0):

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import trainer_kwargs
 from torch.utils.data import DataLoader, TensorDataset
 
 from px_lightning.callbacks import ForesightPruningCallback
@@ -63,15 +64,7 @@ def test_image_classifier_fast_dev_run_prunes_a_timm_vit_with_px(tmp_path):
     loader = DataLoader(data, batch_size=4)
     module = ImageClassifier("timm.vit_tiny_patch16_224", num_classes=4, model_options={"img_size": 32})
     callback = ForesightPruningCallback(method="px", density=0.05, rounds=2, num_batches=1)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        fast_dev_run=True,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback],
-    )
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, fast_dev_run=True, callbacks=[callback]))
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 1
     masks = get_masks(module.model)

@@ -3,16 +3,7 @@
 import pytest
 import torch
 
-from px_lightning.pruning import density_schedule, find_masks, threshold_masks
-from px_lightning.pruning.validation import (
-    check_density,
-    check_positive_int,
-    check_rounds,
-    check_schedule,
-    check_scope,
-    check_sparsity,
-    pruned_count,
-)
+from px_lightning.pruning import density_schedule, find_masks, threshold_masks, validation
 
 
 def _scores():
@@ -67,24 +58,24 @@ def test_find_masks_refuses_bad_rounds(rounds, error, tiny_mlp):
 
 def test_find_masks_takes_none_rounds_as_the_methods_default(tiny_mlp):
     masks = find_masks(tiny_mlp, "magnitude", density=0.5, rounds=None)
-    assert sum(int(m.sum()) for m in masks.values()) == 48 - pruned_count(48, 0.5)
+    assert sum(int(m.sum()) for m in masks.values()) == 48 - validation.pruned_count(48, 0.5)
 
 
 def test_the_shared_checks():
-    assert check_density(1) == 1.0 and isinstance(check_density(1), float)
-    assert check_sparsity(0.0) == 0.0
+    assert validation.check_density(1) == 1.0 and isinstance(validation.check_density(1), float)
+    assert validation.check_sparsity(0.0) == 0.0
     with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
-        check_sparsity(1.0)
-    assert check_rounds(None, allow_none=True) is None
+        validation.check_sparsity(1.0)
+    assert validation.check_rounds(None, allow_none=True) is None
     with pytest.raises(TypeError, match="rounds must be an integer >= 1, got None"):
-        check_rounds(None)
+        validation.check_rounds(None)
     with pytest.raises(ValueError, match="num_batches must be an integer >= 1, got 0"):
-        check_positive_int(0, "num_batches")
-    assert check_scope("local") == "local" and check_schedule("linear") == "linear"
+        validation.check_positive_int(0, "num_batches")
+    assert validation.check_scope("local") == "local" and validation.check_schedule("linear") == "linear"
 
 
 @pytest.mark.parametrize(
     "n, density, expected", [(10, 0.25, 7), (1000, 0.05, 950), (7, 1.0, 0), (3, 0.01, 2)]
 )
 def test_pruned_count_is_the_published_formula(n, density, expected):
-    assert pruned_count(n, density) == expected
+    assert validation.pruned_count(n, density) == expected

@@ -118,14 +118,7 @@ class Scorer:
         ``finish_scores``: exact sharded scoring. False unless a scorer declares it."""
         return False
 
-    def partial_scores(
-        self,
-        model: nn.Module,
-        weights: dict[str, Tensor],
-        masks: dict[str, Tensor],
-        batches: Iterable,
-        loss_fn: nn.Module | None = None,
-    ) -> dict[str, Tensor]:
+    def partial_scores(self, model, weights, masks, batches, loss_fn=None) -> dict[str, Tensor]:
         """The part of one round's scoring that sums over batches (arguments as ``score``'s); by default
         the scores themselves. ``finish_scores`` turns the (summed) parts into scores."""
         return self.score(model, weights, masks, batches, loss_fn)
@@ -170,4 +163,5 @@ class Scorer:
         batches: Iterable,
         loss_fn: nn.Module | None = None,
     ) -> dict[str, Tensor]:
+        """One round's scores (see the class docstring): the one method every scorer implements."""
         raise NotImplementedError

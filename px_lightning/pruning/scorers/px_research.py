@@ -36,7 +36,8 @@ _CHOICES = {
 
 
 class PXResearchScorer(PXScorer):
-    """``PXScorer`` (2025 variants) with the research options of the module docstring.
+    """``PXScorer`` (2025 variants) with the research options of the module docstring; every other keyword
+    argument (``variant``, ``head``, ``bn_warmup``, ...) goes to ``PXScorer`` as it is.
 
     Example:
         >>> PXResearchScorer(head="body", bn_warmup=True, kernel_bn="squared")
@@ -44,18 +45,14 @@ class PXResearchScorer(PXScorer):
 
     def __init__(
         self,
-        variant: str | None = None,
-        kernel_norm: str | None = None,
-        head: str | None = None,
-        dense_head: bool = False,
-        layer_floor: float = 0.0,
-        bn_warmup: bool | None = None,
+        *,
         layer_norm: str = "none",
         kernel_bn: str = "affine",
         kernel_scale: str = "none",
         data_bn: str = "train",
         kernel_power: int = 2,
         output_weighting: str = "data",
+        **px_options,
     ) -> None:
         options = {
             "layer_norm": layer_norm,
@@ -74,9 +71,10 @@ class PXResearchScorer(PXScorer):
         changed = [o for o, v in options.items() if v != _CHOICES[o][0]] + ["kernel_power"] * (
             kernel_power != 2
         )
-        if changed and variant is None and kernel_norm is None:
-            variant = "2025-eval"  # the options are defined on the 2025 computation, whatever the default
-        super().__init__(variant, kernel_norm, head, dense_head, layer_floor, bn_warmup)
+        if changed and px_options.get("variant") is None and px_options.get("kernel_norm") is None:
+            # The options are defined on the 2025 computation, whatever the default variant.
+            px_options["variant"] = "2025-eval"
+        super().__init__(**px_options)
         if self.variant == "cvpr2024" and changed:
             raise ValueError(
                 f"PX variant='cvpr2024' does not take the research option{'s' * (len(changed) > 1)} "
