@@ -1,29 +1,15 @@
 """PX scores and iterative masks of the authors' published code (../shared/conformance) reproduced."""
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import TOLERANCE
+from helpers import load_conformance as load
 
 from px_lightning.pruning import Scorer, compute_scores, find_masks
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
-sys.path.insert(0, str(CONFORMANCE))
-import models as conformance_models
-
 FILES = ["px_small_cnn.pt", "px_published_small_cnn_nonorm.pt", "px_resnet20.pt"]
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
-
-
-def load(name, dtype):
-    fixture = torch.load(CONFORMANCE / name, weights_only=True)
-    model = conformance_models.build(fixture["model"], fixture["normalization"])
-    model.load_state_dict(fixture["state_dict"])
-    model.to(dtype).eval()
-    batches = [(x.to(dtype), y) for x, y in fixture["batches"]]
-    return fixture, model, batches
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

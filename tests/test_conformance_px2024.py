@@ -32,16 +32,8 @@ def test_cvpr2024_scores_match_the_2024_code(name, dtype):
 @pytest.mark.parametrize("name", FILES)
 def test_cvpr2024_iterative_masks_match_the_2024_code_float64(name):
     fixture, model, batches = load_conformance(name, torch.float64)
-    masks = find_masks(
-        model,
-        "px",
-        batches,
-        density=fixture["density"],
-        rounds=fixture["rounds"],
-        scope="global",
-        schedule="exponential",
-        variant="cvpr2024",
-    )
+    recipe = {"density": fixture["density"], "rounds": fixture["rounds"], "variant": "cvpr2024"}
+    masks = find_masks(model, "px", batches, scope="global", schedule="exponential", **recipe)
     assert set(masks) == set(fixture["masks"])
     for param, ref in fixture["masks"].items():
         assert torch.equal(masks[param].cpu(), ref), param
