@@ -1,8 +1,8 @@
 """Every method on the networks users bring: torchvision's classification zoo and a few timm models.
 
 Each cell is one ``find_masks(model, method, batches, density=0.05, rounds=2)`` on a fresh model
-(``weights=None``, 10 classes) with 2 random images at the smallest side the model accepts (tried in
-``SIDES``), as a new user would call it. Recorded per cell: seconds, the error (if any), the density
+(``weights=None``, 10 classes) with one batch of 2 random images (``--batch-size``) at the smallest side the
+model accepts (tried in ``SIDES``), as a new user would call it. Recorded per cell: seconds, the error (if any), the density
 reached, the layers emptied (collapsed), the effective density (kept weights on an input-output path,
 ``effective_masks``), whether the model was left untouched, and the time against PX's on the same model.
 
@@ -10,6 +10,7 @@ Usage:
     python benchmarks/zoo.py                                   # the whole zoo (about an hour on 2 cores)
     python benchmarks/zoo.py --models resnet18 vit_b_16 timm.convnext_atto --methods px synflow
     python benchmarks/zoo.py --report                          # only rebuild the table from --out
+    python benchmarks/zoo.py --models resnet50 --methods snip --batch-size 8 --out /tmp/zoo8.jsonl
 """
 
 from __future__ import annotations
@@ -98,14 +99,19 @@ def _failed(row: dict, err: Exception, where: str = "") -> dict:
     return row
 
 
-def run_cell(name: str, method: str, side: int) -> dict:
+# The labels of a batch, its first ``batch_size`` entries (a batch of 2 is labelled 1 and 7).
+LABELS = torch.tensor([1, 7, 3, 9, 0, 5, 2, 8, 4, 6])
+
+
+def run_cell(name: str, method: str, side: int, batch_size: int = 2) -> dict:
     """One ``find_masks`` call on a fresh model, as the module docstring says."""
     model = build(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(2, 3, side, side, generator=generator), torch.tensor([1, 7]))]
+    labels = LABELS.repeat(batch_size // len(LABELS) + 1)[:batch_size]
+    batches = [(torch.randn(batch_size, 3, side, side, generator=generator), labels)]
     scorer, options = METHODS[method]
-    row = {"model": name, "method": method, "side": side}
+    row = {"model": name, "method": method, "side": side, "batch_size": batch_size}
     start = time.perf_counter()
     try:
         masks = find_masks(model, scorer, batches, density=DENSITY, rounds=ROUNDS, **options)
@@ -181,16 +187,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=2, help="images in the scoring batch (default 2)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", action="store_true", help="only print the table of --out")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if not args.report:
         torch.set_num_threads(args.threads)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for name in args.models or zoo_names():
             side = smallest_side(build(name))
             for method in args.methods:
-                row = run_cell(name, method, side)
+                row = run_cell(name, method, side, args.batch_size)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)

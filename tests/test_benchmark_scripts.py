@@ -134,11 +134,23 @@ def test_connectivity_counts_weights_on_input_output_paths():
 
 def test_zoo_benchmark_records_each_cell_and_its_table(tmp_path):
     out = tmp_path / "zoo.jsonl"
-    _run("zoo.py", "--models", "squeezenet1_1", "--methods", "px", "random", "--out", str(out))
+    _run(
+        "zoo.py",
+        "--models",
+        "squeezenet1_1",
+        "--methods",
+        "px",
+        "random",
+        "--batch-size",
+        "3",
+        "--out",
+        str(out),
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["model"], r["method"]) for r in rows] == [("squeezenet1_1", "px"), ("squeezenet1_1", "random")]
     for row in rows:
-        assert row["side"] == 32 and row["untouched"] and row["density"] == pytest.approx(0.05, abs=1e-3)
+        assert row["side"] == 32 and row["batch_size"] == 3 and row["untouched"]
+        assert row["density"] == pytest.approx(0.05, abs=1e-3)
         assert 0 <= row["effective_density"] <= row["density"]
 
 
