@@ -122,3 +122,32 @@ def test_synflow_collapse_in_its_first_round_is_named_in_the_error():
         warnings.simplefilter("ignore")  # layer collapse of the side branches of the downsampling units
         masks = find_masks(model, "synflow", batches(), density=DENSITY, rounds=5)
     assert masks["conv5.0.weight"].any()
+
+
+def _relu_net(activation: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), activation(), nn.Conv2d(8, 8, 3, padding=1),
+        activation(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10),
+    )  # fmt: skip
+
+
+def test_synflow_reads_relu6_as_relu():
+    # The all-ones pass of absolute weights exceeds ReLU6's ceiling at once: read as published, every
+    # gradient behind it is 0. Read as ReLU (below the ceiling it is one), the scores are the ReLU net's.
+    clipped, plain = _relu_net(nn.ReLU6), _relu_net(nn.ReLU)
+    plain.load_state_dict(clipped.state_dict())
+    data = [(torch.randn(2, 3, 8, 8), torch.tensor([1, 7]))]
+    scores, reference = compute_scores(clipped, "synflow", data), compute_scores(plain, "synflow", data)
+    for name, ref in reference.items():
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(scores[name], ref, rtol=1e-6, atol=0)
+
+
+def test_synflow_prunes_mobilenet_v2_in_two_rounds():
+    # Its ReLU6 ceilings emptied the first layers in round 1, so round 2 found every path cut.
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=10)
+    masks = find_masks(model, "synflow", batches(), density=DENSITY, rounds=2)
+    kept, total = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+    assert kept / total == pytest.approx(DENSITY, abs=1e-3)
+    assert all(m.any() for m in masks.values())

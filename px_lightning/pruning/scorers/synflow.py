@@ -6,6 +6,11 @@ value, an all-ones input of batch 1 shaped like the first scoring batch, ``R = s
 ``R`` is a product of absolute weights along every path, so it overflows float32 on deep networks
 (ResNet-50 gives infinite scores): the copy runs in float64, and where the scores do not fit the weights'
 dtype they are all divided by one power of two (a common factor: rankings and thresholds are unchanged).
+
+ReLU6 and Hardtanh are read as ReLU: their ceiling is what the all-ones pass of absolute weights exceeds at
+once (on MobileNetV2 every gradient behind the first ReLU6 was 0, so round 1 pruned those layers whole), and
+below it they are the ReLU. ``R`` then stays SynFlow's sum over paths of products of absolute weights;
+every other activation runs as it is, so a ReLU network's scores are the published ones.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..copies import scoring_copy
+from ..copies import ACTIVATIONS, ActivationGates, scoring_copy
 from ..zero_init import at_default_init
 from .base import Scorer, batch_inputs, grad_or_zeros, model_output
+
+# The clipped ReLUs (nn.ReLU6 calls F.hardtanh), read as ReLU (module docstring).
+_CLIPPED_RELUS = frozenset({F.relu6, F.hardtanh})
 
 
 class SynFlowScorer(Scorer):
@@ -38,7 +47,8 @@ class SynFlowScorer(Scorer):
         substituted = {n: leaves[n] * masks[n] for n in leaves}
         x, _ = batch_inputs(batches[0], ref)  # only its shape: the input is all ones
         ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=ref.device)
-        out = torch.func.functional_call(net, substituted, (ones,), strict=False)
+        with ActivationGates("relu", exclude=ACTIVATIONS - _CLIPPED_RELUS):
+            out = torch.func.functional_call(net, substituted, (ones,), strict=False)
         torch.sum(model_output(out)).backward()
         scores = {n: (grad_or_zeros(leaves[n]) * leaves[n]).detach().abs() for n in leaves}
         top = max(float(s.max()) for s in scores.values())
