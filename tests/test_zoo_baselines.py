@@ -151,3 +151,17 @@ def test_synflow_prunes_mobilenet_v2_in_two_rounds():
     kept, total = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
     assert kept / total == pytest.approx(DENSITY, abs=1e-3)
     assert all(m.any() for m in masks.values())
+
+
+def test_a_collapse_with_batches_of_two_suggests_more_images():
+    # ResNet-34 at 32x32 ends on 1x1 maps: SNIP's train()-mode BatchNorm there normalises 2 values per
+    # channel, so round 1 empties the last stage and round 2 raises; with 8 images it prunes.
+    model = torchvision.models.resnet34(weights=None, num_classes=10)
+    with pytest.raises(ZeroScoresError, match=r"more images per batch: with batches of 2, a BatchNorm"):
+        find_masks(model, "snip", batches(), density=DENSITY, rounds=2)
+    generator = torch.Generator().manual_seed(0)
+    eight = [(torch.randn(8, 3, 32, 32, generator=generator), torch.arange(8))]
+    masks = find_masks(model, "snip", eight, density=DENSITY, rounds=2)
+    assert sum(int(m.sum()) for m in masks.values()) / sum(
+        m.numel() for m in masks.values()
+    ) == pytest.approx(DENSITY, abs=1e-3)

@@ -44,6 +44,21 @@ def _scoring_batches(batches: Iterable, scorer: Scorer) -> list:
     return batches
 
 
+def _small_batch_advice(batches: list, scorer: Scorer) -> str:
+    """The likely cause of a layer collapse when the scoring batches hold 2 images or fewer, else ''."""
+    sizes = [x.shape[0] for x in (b[0] if isinstance(b, (tuple, list)) else b for b in batches)
+             if isinstance(x, Tensor) and x.dim() > 0]  # fmt: skip
+    if not scorer.needs_data or not sizes or min(sizes) > 2:
+        return ""
+    # A train()-mode BatchNorm over a 1x1 feature map (the last stage of a CNN on 32x32 inputs) normalises
+    # 2 values per channel to +-1 whatever they are: the layers before it get no gradient (zoo benchmark).
+    return (
+        f"; or score with more images per batch: with batches of {min(sizes)}, a BatchNorm in train() mode "
+        f"over a 1x1 feature map normalises {min(sizes)} values per channel to constants, so the layers "
+        "before it score 0"
+    )
+
+
 def _on_device(batches: list, device: torch.device) -> list:
     """The batches' tensors moved to ``device`` once, for scoring rounds that would each copy them again.
 
@@ -234,7 +249,8 @@ def find_masks(
                     f"{scorer.name} scores are all zero in round {done} of {rounds}: {by} pruned "
                     f"{', '.join(emptied[:8])}{f' and {len(emptied) - 8} more' if len(emptied) > 8 else ''} "
                     "entirely (layer collapse), which cuts every input-output path; "
-                    f"prune in more rounds than rounds={rounds} or to a higher density than {density:g}",
+                    f"prune in more rounds than rounds={rounds} or to a higher density than {density:g}"
+                    + _small_batch_advice(batches, scorer),
                     scorer.name,
                 )
             raise ZeroScoresError(
