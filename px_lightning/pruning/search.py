@@ -46,15 +46,15 @@ def _scoring_batches(batches: Iterable, scorer: Scorer) -> list:
 
 def _small_batch_advice(batches: list, scorer: Scorer) -> str:
     """The likely cause of a layer collapse when the scoring batches hold 2 images or fewer, else ''."""
-    sizes = [x.shape[0] for x in (b[0] if isinstance(b, (tuple, list)) else b for b in batches)
-             if isinstance(x, Tensor) and x.dim() > 0]  # fmt: skip
-    if not scorer.needs_data or not sizes or min(sizes) > 2:
+    inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+    smallest = min((x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim() > 0), default=None)
+    if not scorer.needs_data or smallest is None or smallest > 2:
         return ""
     # A train()-mode BatchNorm over a 1x1 feature map (the last stage of a CNN on 32x32 inputs) normalises
     # 2 values per channel to +-1 whatever they are: the layers before it get no gradient (zoo benchmark).
     return (
-        f"; or score with more images per batch: with batches of {min(sizes)}, a BatchNorm in train() mode "
-        f"over a 1x1 feature map normalises {min(sizes)} values per channel to constants, so the layers "
+        f"; or score with more images per batch: with batches of {smallest}, a BatchNorm in train() mode "
+        f"over a 1x1 feature map normalises {smallest} values per channel to constants, so the layers "
         "before it score 0"
     )
 
